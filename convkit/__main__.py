@@ -1,0 +1,5 @@
+"""``python -m convkit`` is the ``convkit`` command."""
+
+from convkit.cli import main
+
+main()

@@ -1,0 +1,284 @@
+"""What the CLI and users call: ``inspect_model``, ``run_model``, ``verify_testcase``, ``verify_model``,
+``export_model``. Each returns data; rendering is ``convkit.report``'s job."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convkit.artifacts import (
+    atomic_path,
+    list_test_data_sets,
+    load_arrays,
+    read_test_data_set,
+    write_test_data_set,
+)
+from convkit.compare import ParityReport, Tolerance, compare_outputs
+from convkit.errors import DataError, InputFileError
+from convkit.frontends import ExportOptions, ExportResult, Frontend, LoadOptions, resolve_source
+from convkit.inputs import (
+    DEFAULT_SEED,
+    EXPORT_SYMBOLIC_SIZE,
+    InputSpec,
+    check_names,
+    make_static,
+    random_inputs,
+    specs_from_arrays,
+    verification_data_sets,
+)
+from convkit.manifest import write_manifest
+from convkit.model_info import ModelSummary, summarize
+from convkit.onnx_model import OnnxModel, load_onnx
+from convkit.runtime import RuntimeSession, SessionOptions, TensorSpec, short_provider_name
+
+
+def inspect_model(path: str | os.PathLike[str]) -> ModelSummary:
+    """Summarize an ONNX file (see ``convkit.model_info.ModelSummary``)."""
+    return summarize(load_onnx(path))
+
+
+def _static_shapes(data: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(np.shape(value)) for name, value in data.items()}
+
+
+def open_session(
+    model: OnnxModel, options: SessionOptions | None = None, example: Mapping[str, np.ndarray] | None = None
+) -> RuntimeSession:
+    """An onnxruntime session; ``example`` data lets old-opset models with symbolic dims be upgraded."""
+    return RuntimeSession(model, options, static_shapes=_static_shapes(example) if example else None)
+
+
+@dataclass
+class RunResult:
+    outputs: dict[str, np.ndarray]
+    provider: str
+    notes: list[str] = field(default_factory=list)
+
+
+def run_model(
+    path: str | os.PathLike[str], data: str | os.PathLike[str], options: SessionOptions | None = None
+) -> RunResult:
+    """Run an ONNX model on ``data`` (``.npz``, ``.npy`` or a ``test_data_set_N`` folder)."""
+    model = load_onnx(path)
+    feeds = load_arrays(data, model.input_names)
+    session = open_session(model, options, feeds)
+    outputs = session.run(feeds)
+    return RunResult(outputs, short_provider_name(session.provider), model.notes + session.notes)
+
+
+def verify_testcase(
+    path: str | os.PathLike[str],
+    tolerance: Tolerance | None = None,
+    options: SessionOptions | None = None,
+) -> ParityReport:
+    """Run every ``test_data_set_N`` beside a model in onnxruntime and compare with the stored outputs.
+
+    ``path`` is a test-case folder (``model.onnx`` + ``test_data_set_N/``) or the model file itself.
+    """
+    model = load_onnx(path)
+    data_sets = list_test_data_sets(model.path.parent)
+    if not data_sets:
+        raise InputFileError(
+            f"no test_data_set_N folders beside {model.path}",
+            "export with test data (the default), or verify against the framework with --source",
+        )
+    loaded = [read_test_data_set(d, model.input_names, model.output_names) for d in data_sets]
+    for folder, (_, outputs) in zip(data_sets, loaded, strict=True):
+        if not outputs:
+            raise DataError(f"{folder} holds no output_N.pb files to compare with")
+    session = open_session(model, options, loaded[0][0])
+    tol = tolerance or Tolerance()
+    report = _new_report(model, "stored outputs", session, tol)
+    for folder, (inputs, expected) in zip(data_sets, loaded, strict=True):
+        actual = session.run(inputs)
+        report.comparisons.extend(compare_outputs(expected, actual, tol, data_set=folder.name))
+    return report
+
+
+def _new_report(model: OnnxModel, reference: str, session: RuntimeSession, tol: Tolerance) -> ParityReport:
+    return ParityReport(
+        model=str(model.path),
+        reference=reference,
+        provider=short_provider_name(session.provider),
+        notes=[*model.notes, *session.notes],
+        atol=tol.atol,
+        rtol=tol.rtol,
+    )
+
+
+def specs_from_session(inputs: Sequence[TensorSpec], given: Sequence[InputSpec] = ()) -> list[InputSpec]:
+    """Input specs read off the ONNX model (unknown dims become symbolic); user specs win by name."""
+    by_name = {spec.name: spec for spec in given}
+    specs = []
+    for position, tensor in enumerate(inputs):
+        if tensor.name in by_name:
+            specs.append(by_name[tensor.name])
+            continue
+        dims: list[int | str] = [
+            d
+            if isinstance(d, int) and d > 0
+            else (d if isinstance(d, str) and d else f"dim{position}_{axis}")
+            for axis, d in enumerate(tensor.shape)
+        ]
+        specs.append(InputSpec(tensor.name, dims, tensor.dtype))
+    return specs
+
+
+def _outputs_by_name(
+    values: Sequence[np.ndarray], names: Sequence[str], frontend: Frontend
+) -> dict[str, Any]:
+    if len(values) != len(names):
+        raise DataError(
+            f"{frontend.name} produced {len(values)} outputs but the ONNX model has {len(names)} "
+            f"({', '.join(names)})",
+            "is the ONNX file exported from this source?",
+        )
+    return dict(zip(names, values, strict=True))
+
+
+def verify_model(
+    path: str | os.PathLike[str],
+    source: str,
+    framework: str | None = None,
+    input_specs: Sequence[InputSpec] = (),
+    data: str | os.PathLike[str] | None = None,
+    load_options: LoadOptions | None = None,
+    tolerance: Tolerance | None = None,
+    options: SessionOptions | None = None,
+    seed: int = DEFAULT_SEED,
+) -> ParityReport:
+    """Compare onnxruntime with the source framework on the same inputs.
+
+    Without ``data``, every symbolic dimension is checked at two sizes (seeded random inputs).
+    """
+    model = load_onnx(path)
+    frontend, preloaded = resolve_source(source, framework)
+    native = frontend.load(source, load_options or LoadOptions(), preloaded)
+    if data is not None:
+        feeds = load_arrays(data, model.input_names)
+        check_names(list(feeds), model.input_names, f"the data in {data}")
+        data_sets = [(Path(data).name, feeds)]
+    else:
+        session_probe = open_session(model, options)
+        unknown = [s.name for s in input_specs if s.name not in model.input_names]
+        if unknown:
+            check_names([s.name for s in input_specs], model.input_names, "--input")
+        data_sets = verification_data_sets(specs_from_session(session_probe.inputs, input_specs), seed)
+    session = open_session(model, options, data_sets[0][1])
+    tol = tolerance or Tolerance()
+    versions = frontend.versions()
+    reference = f"{frontend.name} {versions.get(frontend.name, '')}".strip()
+    report = _new_report(model, reference, session, tol)
+    for label, feeds in data_sets:
+        expected = _outputs_by_name(frontend.run(native, feeds), model.output_names, frontend)
+        actual = session.run(feeds)
+        report.comparisons.extend(compare_outputs(expected, actual, tol, data_set=label))
+    return report
+
+
+@dataclass
+class ExportSummary:
+    """What ``export_model`` wrote and how the export checked out on its example data."""
+
+    model_path: Path
+    manifest_path: Path
+    test_data_dir: Path | None
+    framework: str
+    export: ExportResult
+    specs: list[InputSpec]
+    report: ParityReport
+
+
+def _export_specs(
+    frontend: Frontend,
+    native: Any,
+    input_specs: Sequence[InputSpec],
+    feeds: Mapping[str, np.ndarray] | None,
+    static: bool,
+) -> list[InputSpec]:
+    names = frontend.input_names(native)
+    if input_specs:
+        specs = list(input_specs)
+        if names is not None:
+            check_names([s.name for s in specs], names, "--input")
+            order = {name: k for k, name in enumerate(names)}
+            specs.sort(key=lambda s: order[s.name])
+    elif feeds is not None:
+        if names is not None:
+            check_names(list(feeds), names, "the --data")
+            feeds = {name: feeds[name] for name in names}
+        specs = specs_from_arrays(feeds, dynamic_batch=not static)
+    else:
+        declared = frontend.input_specs(native)
+        if declared is None:
+            listing = f" ({', '.join(names)})" if names else ""
+            raise DataError(
+                f"the model does not declare its input shapes{listing}",
+                "give them with --input NAME:DIMS[:DTYPE] (e.g. x:batch,3,224,224) or --data FILE.npz",
+            )
+        specs = declared
+    return make_static(specs) if static else specs
+
+
+def export_model(
+    source: str,
+    output: str | os.PathLike[str],
+    framework: str | None = None,
+    input_specs: Sequence[InputSpec] = (),
+    data: str | os.PathLike[str] | None = None,
+    static: bool = False,
+    load_options: LoadOptions | None = None,
+    export_options: ExportOptions | None = None,
+    test_data: bool = True,
+    tolerance: Tolerance | None = None,
+    options: SessionOptions | None = None,
+    seed: int = DEFAULT_SEED,
+) -> ExportSummary:
+    """Export ``source`` to ONNX at ``output``, check parity on the example inputs, write the evidence.
+
+    Beside the model: ``test_data_set_0/`` (inputs and the framework's outputs, standard ONNX layout) unless
+    ``test_data`` is off, and ``<stem>.manifest.json``. The model appears only after the export succeeded
+    and onnxruntime loaded it.
+    """
+    output = Path(output)
+    if output.suffix != ".onnx":
+        raise InputFileError(f"output {output} should end in .onnx", "e.g. -o out/model.onnx")
+    frontend, preloaded = resolve_source(source, framework)
+    native = frontend.load(source, load_options or LoadOptions(), preloaded)
+    feeds = load_arrays(data, frontend.input_names(native) or []) if data is not None else None
+    specs = _export_specs(frontend, native, input_specs, feeds, static)
+    example = dict(feeds) if feeds is not None else random_inputs(specs, EXPORT_SYMBOLIC_SIZE, seed)
+    example = {spec.name: example[spec.name] for spec in specs}
+    reference = frontend.run(native, example)
+    tol = tolerance or Tolerance()
+    with atomic_path(output, suffix=".onnx") as tmp:
+        result = frontend.export(native, specs, example, tmp, export_options or ExportOptions())
+        model = load_onnx(tmp)
+        session = open_session(model, options, example)
+        expected = _outputs_by_name(reference, model.output_names, frontend)
+        report = _new_report(model, frontend.name, session, tol)
+        report.model = str(output)
+        report.notes.extend(result.notes)
+        report.comparisons.extend(compare_outputs(expected, session.run(example), tol, "export example"))
+    test_dir = write_test_data_set(output.parent, example, expected) if test_data else None
+    manifest = write_manifest(
+        output,
+        {
+            "framework": frontend.name,
+            "source": source,
+            "exporter": result.exporter,
+            "opset": result.opset,
+            "inputs": [spec.to_dict() for spec in specs],
+            "outputs": [{"name": name, "dtype": np.asarray(v).dtype.name} for name, v in expected.items()],
+            "test_data": test_dir.name if test_dir else None,
+            "seed": seed if feeds is None else None,
+            "notes": result.notes,
+            "versions": frontend.versions(),
+        },
+    )
+    return ExportSummary(output, manifest, test_dir, frontend.name, result, specs, report)

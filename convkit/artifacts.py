@@ -1,0 +1,224 @@
+"""Files convkit reads and writes: atomic writes, the ONNX ``test_data_set_N`` layout, ``.npz``/``.npy`` data.
+
+The standard layout (used by the ONNX backend tests and onnxruntime's ``onnx_test_runner``)::
+
+    case_dir/model.onnx
+    case_dir/test_data_set_0/input_0.pb, input_1.pb, ..., output_0.pb, ...
+
+Each ``.pb`` is a serialized ``onnx.TensorProto`` whose ``name`` is the graph input or output name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convkit.errors import DataError, InputFileError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# NOTE: why: mkstemp/mkdtemp create 0600/0700 entries; a model or report must get the usual permissions.
+_FILE_MODE = 0o666 & ~_umask()
+_DIR_MODE = 0o777 & ~_umask()
+
+_DATA_SET_RE = re.compile(r"^test_data_set_(\d+)$")
+_TENSOR_RE = re.compile(r"^(input|output)_(\d+)\.pb$")
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success it replaces ``target`` in one rename.
+
+    NOTE: why beside the target: ``os.replace`` is atomic only within one file system, and an interrupted
+    command must never leave a half-written model, data file or report where the user expects the real one.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes_atomic(target: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) to ``target`` atomically."""
+    write_bytes_atomic(target, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder that replaces ``target`` (a folder) once the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, _DIR_MODE)
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.replace(target, old / target.name)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_npz_atomic(target: str | os.PathLike[str], arrays: Mapping[str, Any]) -> None:
+    """Save named arrays as an uncompressed ``.npz``, atomically."""
+    buffer = io.BytesIO()
+    named: dict[str, Any] = {name: np.asarray(value) for name, value in arrays.items()}
+    np.savez(buffer, **named)
+    write_bytes_atomic(target, buffer.getvalue())
+
+
+def _tensor_proto(array: Any, name: str) -> bytes:
+    from onnx import numpy_helper
+
+    return bytes(numpy_helper.from_array(np.asarray(array), name=name).SerializeToString())
+
+
+def write_test_data_set(
+    case_dir: str | os.PathLike[str],
+    inputs: Mapping[str, Any],
+    outputs: Mapping[str, Any] | None = None,
+    index: int = 0,
+) -> Path:
+    """Write ``case_dir/test_data_set_<index>/`` with ``input_K.pb`` and ``output_K.pb`` (in the given order).
+
+    Returns the data set folder. The folder appears complete or not at all.
+    """
+    target = Path(case_dir) / f"test_data_set_{index}"
+    with atomic_dir(target) as tmp:
+        for k, (name, value) in enumerate(inputs.items()):
+            (tmp / f"input_{k}.pb").write_bytes(_tensor_proto(value, name))
+        for k, (name, value) in enumerate((outputs or {}).items()):
+            (tmp / f"output_{k}.pb").write_bytes(_tensor_proto(value, name))
+    return target
+
+
+def read_tensor_pb(path: Path) -> tuple[str, np.ndarray]:
+    """Read one serialized ``TensorProto``; returns ``(name, array)``."""
+    import onnx
+    from google.protobuf.message import DecodeError
+    from onnx import numpy_helper
+
+    tensor = onnx.TensorProto()
+    try:
+        tensor.ParseFromString(path.read_bytes())
+        array = numpy_helper.to_array(tensor)
+    except (DecodeError, ValueError, TypeError) as exc:
+        raise DataError(
+            f"{path} is not a valid ONNX TensorProto ({exc})", "re-create it with `convkit export`"
+        ) from exc
+    except OSError as exc:
+        raise InputFileError(f"cannot read {path}: {exc.strerror}") from exc
+    return tensor.name, array
+
+
+def _indexed(folder: Path, kind: str) -> list[Path]:
+    found = []
+    for entry in folder.iterdir():
+        match = _TENSOR_RE.match(entry.name)
+        if match and match.group(1) == kind:
+            found.append((int(match.group(2)), entry))
+    return [path for _, path in sorted(found)]
+
+
+def read_test_data_set(
+    folder: str | os.PathLike[str],
+    input_names: Sequence[str] = (),
+    output_names: Sequence[str] = (),
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Read one ``test_data_set_N`` folder into ``(inputs, outputs)`` dicts.
+
+    Tensors without a name take the model's name at the same position (``input_names``/``output_names``).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputFileError(f"{folder} is not a folder", "pass a test_data_set_N folder")
+
+    def load(kind: str, names: Sequence[str]) -> dict[str, np.ndarray]:
+        result: dict[str, np.ndarray] = {}
+        for k, path in enumerate(_indexed(folder, kind)):
+            name, array = read_tensor_pb(path)
+            if not name:
+                if k >= len(names):
+                    raise DataError(f"{path} has no tensor name and the model has no {kind} number {k}")
+                name = names[k]
+            result[name] = array
+        return result
+
+    inputs = load("input", input_names)
+    if not inputs:
+        raise DataError(f"{folder} holds no input_N.pb files", "is it a test_data_set_N folder?")
+    return inputs, load("output", output_names)
+
+
+def list_test_data_sets(case_dir: str | os.PathLike[str]) -> list[Path]:
+    """The ``test_data_set_N`` folders of a test case, in numeric order."""
+    found = []
+    for entry in Path(case_dir).iterdir():
+        match = _DATA_SET_RE.match(entry.name)
+        if match and entry.is_dir():
+            found.append((int(match.group(1)), entry))
+    return [path for _, path in sorted(found)]
+
+
+def load_arrays(path: str | os.PathLike[str], input_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Load model inputs from an ``.npz`` (keys are input names), an ``.npy`` (single-input models) or a
+    ``test_data_set_N`` folder. Pickled objects are never loaded."""
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"data file {path} does not exist", "check the path given to --data")
+    if path.is_dir():
+        return read_test_data_set(path, input_names)[0]
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return {key: archive[key] for key in archive.files}
+        if suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+            if len(input_names) != 1:
+                raise DataError(
+                    f"{path} holds one array but the model has {len(input_names)} inputs "
+                    f"({', '.join(input_names)})",
+                    "use an .npz whose keys are the input names",
+                )
+            return {input_names[0]: array}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        reason = "it holds pickled objects, which convkit never loads" if "pickle" in str(exc) else exc
+        raise DataError(f"cannot read {path}: {reason}", "write it with numpy.savez / numpy.save") from exc
+    raise InputFileError(
+        f"{path} is neither .npz, .npy nor a test_data_set_N folder", "convert the data with numpy.savez"
+    )

@@ -1,0 +1,304 @@
+"""The ``convkit`` command: parses options, calls ``convkit.api``, renders with ``convkit.report``.
+
+No logic of its own, and no heavy import at module level: ``convkit --help`` starts without torch or
+TensorFlow (a test proves it).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from convkit import __version__
+from convkit.errors import EXIT_OK, EXIT_PARITY_FAILED, EXIT_USAGE, ConvkitError
+
+EXIT_INTERNAL = 3
+
+provider_option = click.option(
+    "--provider",
+    type=click.Choice(["auto", "cpu", "cuda"], case_sensitive=False),
+    default="auto",
+    show_default=True,
+    help="onnxruntime execution provider; auto takes CUDA when onnxruntime has it, else the CPU.",
+)
+threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="intra-op threads (default: usable CPUs)."
+)
+
+
+def _tolerance_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option(
+        "--rtol", type=float, default=None, help="relative tolerance (default 1e-4 for fp32)."
+    )(func)
+    return click.option(
+        "--atol", type=float, default=None, help="absolute tolerance (default 1e-5 for fp32)."
+    )(func)
+
+
+def _source_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    decorators = [
+        click.option(
+            "--framework", "-f", default=None, help="torch, tensorflow (alias keras); inferred if omitted."
+        ),
+        click.option(
+            "--input",
+            "inputs",
+            multiple=True,
+            metavar="NAME:DIMS[:DTYPE[:LOW..HIGH]]",
+            help="an input's name and shape, symbolic dims by name: x:batch,3,224,224:float32. Repeatable.",
+        ),
+        click.option("--data", type=click.Path(), default=None, help=".npz (keys = input names) or .npy."),
+        click.option(
+            "--weights", type=click.Path(), default=None, help="checkpoint (state dict) to load safely."
+        ),
+        click.option(
+            "--unsafe-allow-pickle",
+            is_flag=True,
+            help="allow formats that run code when loaded (whole pickled models, Keras Lambda layers). "
+            "Only for files you trust.",
+        ),
+        click.option("--seed", type=int, default=0, show_default=True, help="seed of the random inputs."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def _report_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--junit", type=click.Path(), default=None, help="write a JUnit XML report.")(func)
+    return click.option("--report", type=click.Path(), default=None, help="write the JSON report.")(func)
+
+
+def _session_options(provider: str, threads: int | None) -> Any:
+    from convkit.runtime import SessionOptions
+
+    return SessionOptions(provider=provider.lower(), threads=threads)
+
+
+def _tolerance(atol: float | None, rtol: float | None) -> Any:
+    from convkit.compare import Tolerance
+
+    for name, value in (("--atol", atol), ("--rtol", rtol)):
+        if value is not None and value < 0:
+            raise click.BadParameter(f"{name} must not be negative")
+    return Tolerance(atol=atol, rtol=rtol)
+
+
+def _finish_report(report: Any, report_path: str | None, junit_path: str | None, quiet: bool = False) -> int:
+    from convkit.report import render_text, write_report_files
+
+    write_report_files(report, report_path, junit_path)
+    if not quiet:
+        click.echo(render_text(report))
+    return EXIT_OK if report.passed else EXIT_PARITY_FAILED
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="convkit")
+@click.option("--debug", is_flag=True, help="show tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Export models to ONNX, prove they compute the same thing, run them with onnxruntime.
+
+    Exit codes: 0 success / parity holds, 1 parity fails, 2 usage or input error, 3 internal error.
+    """
+    ctx.obj = {"debug": debug}
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of text.")
+def inspect(model: str, as_json: bool) -> None:
+    """Show an ONNX model's IR version, opsets, inputs, outputs, operators and parameters."""
+    from convkit.api import inspect_model
+    from convkit.report import render_summary
+
+    summary = inspect_model(model)
+    click.echo(json.dumps(summary.to_dict(), indent=2) if as_json else render_summary(summary))
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.option("--data", required=True, type=click.Path(), help=".npz, .npy or a test_data_set_N folder.")
+@click.option("--output", "-o", required=True, type=click.Path(), help="where to write the outputs (.npz).")
+@provider_option
+@threads_option
+def run(model: str, data: str, output: str, provider: str, threads: int | None) -> None:
+    """Run MODEL on the inputs in --data with onnxruntime and save the outputs as .npz."""
+    from convkit.api import run_model
+    from convkit.artifacts import save_npz_atomic
+
+    result = run_model(model, data, _session_options(provider, threads))
+    save_npz_atomic(output, result.outputs)
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    shapes = ", ".join(f"{name} {list(value.shape)}" for name, value in result.outputs.items())
+    click.echo(f"ran on the {result.provider} provider; wrote {output}: {shapes}")
+
+
+@cli.command()
+@click.argument("target", type=click.Path())
+@click.option("--source", default=None, help="verify against this framework model (file or module:factory).")
+@_source_options
+@_tolerance_options
+@provider_option
+@threads_option
+@_report_options
+def verify(
+    target: str,
+    source: str | None,
+    framework: str | None,
+    inputs: tuple[str, ...],
+    data: str | None,
+    weights: str | None,
+    unsafe_allow_pickle: bool,
+    seed: int,
+    atol: float | None,
+    rtol: float | None,
+    provider: str,
+    threads: int | None,
+    report: str | None,
+    junit: str | None,
+) -> None:
+    """Check that an ONNX model computes what it should.
+
+    TARGET is a test-case folder (model.onnx + test_data_set_N/) or a model file: without --source, the
+    stored test_data_set_N outputs beside it are the reference; with --source, the framework itself is.
+    """
+    from convkit import api
+
+    tol = _tolerance(atol, rtol)
+    session = _session_options(provider, threads)
+    if source is None:
+        if inputs or data or framework or weights:
+            raise click.UsageError("--input, --data, --framework and --weights need --source")
+        result = api.verify_testcase(target, tol, session)
+    else:
+        from convkit.frontends import LoadOptions
+        from convkit.inputs import parse_input_spec
+
+        result = api.verify_model(
+            target,
+            source,
+            framework,
+            [parse_input_spec(text) for text in inputs],
+            data,
+            LoadOptions(weights=weights, unsafe_pickle=unsafe_allow_pickle),
+            tol,
+            session,
+            seed,
+        )
+    sys.exit(_finish_report(result, report, junit))
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--output", "-o", required=True, type=click.Path(), help="the .onnx file to write.")
+@_source_options
+@click.option("--static", is_flag=True, help="fix every dimension (the first is dynamic by default).")
+@click.option("--opset", type=int, default=None, help="ONNX opset (the exporter's default if omitted).")
+@click.option("--exporter", default=None, help="force one exporter (torch: dynamo or torchscript).")
+@click.option("--no-test-data", is_flag=True, help="do not write test_data_set_0/ beside the model.")
+@click.option("--verbose", "-v", is_flag=True, help="show the exporters' own output.")
+@_tolerance_options
+@provider_option
+@_report_options
+def export(
+    source: str,
+    output: str,
+    framework: str | None,
+    inputs: tuple[str, ...],
+    data: str | None,
+    weights: str | None,
+    unsafe_allow_pickle: bool,
+    seed: int,
+    static: bool,
+    opset: int | None,
+    exporter: str | None,
+    no_test_data: bool,
+    verbose: bool,
+    atol: float | None,
+    rtol: float | None,
+    provider: str,
+    report: str | None,
+    junit: str | None,
+) -> None:
+    """Export SOURCE (a model file or path/to/file.py:factory) to ONNX and check it on the example inputs.
+
+    Writes the model, test_data_set_0/ (inputs and the framework's outputs) and MODEL.manifest.json.
+    """
+    from convkit.api import export_model
+    from convkit.frontends import ExportOptions, LoadOptions
+    from convkit.inputs import parse_input_spec
+
+    summary = export_model(
+        source,
+        output,
+        framework,
+        [parse_input_spec(text) for text in inputs],
+        data,
+        static,
+        LoadOptions(weights=weights, unsafe_pickle=unsafe_allow_pickle, verbose=verbose),
+        ExportOptions(opset=opset, exporter=exporter, verbose=verbose),
+        not no_test_data,
+        _tolerance(atol, rtol),
+        _session_options(provider, None),
+        seed,
+    )
+    specs = "; ".join(spec.describe() for spec in summary.specs)
+    click.echo(
+        f"exported {summary.framework} model to {summary.model_path} with {summary.export.exporter} "
+        f"(opset {summary.export.opset}); inputs: {specs}"
+    )
+    if summary.test_data_dir:
+        click.echo(f"wrote {summary.test_data_dir} and {summary.manifest_path}")
+    sys.exit(_finish_report(summary.report, report, junit))
+
+
+@cli.command()
+@click.option(
+    "--out-dir", default="convkit-demo", show_default=True, type=click.Path(), help="where to write exports."
+)
+@provider_option
+def demo(out_dir: str, provider: str) -> None:
+    """Export the bundled models, verify them, run them, and print the parity table."""
+    from convkit.demo import run_demo
+
+    sys.exit(run_demo(out_dir, _session_options(provider, None), click.echo))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line and exit 2; bugs exit 3 (tracebacks with --debug)."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="convkit", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE)
+    except ConvkitError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {exc.message}", err=True)
+        if exc.hint:
+            click.echo(f"hint: {exc.hint}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
+        click.echo("this is a bug in convkit; rerun with --debug for the traceback and report it", err=True)
+        sys.exit(EXIT_INTERNAL)

@@ -1,0 +1,105 @@
+"""Front-end registry: names resolved to ``module:Class`` strings on demand, so nothing heavy is imported
+until a framework is actually used."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from convkit.errors import FrameworkUnavailableError, UnknownFrameworkError
+from convkit.frontends.base import ExportOptions, ExportResult, Frontend, LoadOptions
+
+__all__ = [
+    "FRONTENDS",
+    "ExportOptions",
+    "ExportResult",
+    "Frontend",
+    "LoadOptions",
+    "canonical_name",
+    "get_frontend",
+    "resolve_source",
+]
+
+FRONTENDS: dict[str, str] = {
+    "torch": "convkit.frontends.torch:TorchFrontend",
+    "tensorflow": "convkit.frontends.tensorflow:TensorFlowFrontend",
+}
+ALIASES: dict[str, str] = {"pytorch": "torch", "keras": "tensorflow", "tf": "tensorflow"}
+
+
+def canonical_name(name: str) -> str:
+    """``keras`` -> ``tensorflow`` and the like; raises ``UnknownFrameworkError`` listing the choices."""
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in FRONTENDS:
+        choices = ", ".join(sorted([*FRONTENDS, *ALIASES]))
+        raise UnknownFrameworkError(f"unknown framework {name!r}", f"choose one of: {choices}")
+    return key
+
+
+def load_frontend_class(name: str) -> Frontend:
+    """The front end object for ``name`` without checking that its framework is installed."""
+    module_name, _, class_name = FRONTENDS[canonical_name(name)].partition(":")
+    frontend: Frontend = getattr(importlib.import_module(module_name), class_name)()
+    return frontend
+
+
+def get_frontend(name: str) -> Frontend:
+    """The front end for ``name``, its framework importable.
+
+    Raises:
+        UnknownFrameworkError: no such front end.
+        FrameworkUnavailableError: its framework is not installed; the message names the extra.
+    """
+    frontend = load_frontend_class(name)
+    reason = frontend.is_available()
+    if reason is not None:
+        raise FrameworkUnavailableError(
+            f"the {frontend.name} front end is unavailable: {reason}",
+            f"pip install 'convkit[{frontend.extra}]'",
+        )
+    return frontend
+
+
+def resolve_source(source: str, framework: str | None) -> tuple[Frontend, Any]:
+    """Pick the front end for ``source`` and, for ``module:factory`` sources, the object it made.
+
+    With ``framework`` given, a factory object of another framework is a clear error; without it, the
+    framework is inferred from the file type or the factory object's class.
+    """
+    from convkit.sources import framework_of, is_factory_source, load_factory
+
+    wanted = canonical_name(framework) if framework is not None else None
+    if is_factory_source(source):
+        preloaded = load_factory(source)
+        found = framework_of(preloaded)
+        if wanted is None:
+            if found is None:
+                raise UnknownFrameworkError(
+                    f"cannot tell which framework {type(preloaded).__name__} (from {source}) belongs to",
+                    f"pass --framework ({', '.join(FRONTENDS)})",
+                )
+            return get_frontend(found), preloaded
+        if found is not None and found != wanted:
+            raise UnknownFrameworkError(
+                f"{source} made a {found} model ({type(preloaded).__name__}), not a {wanted} one",
+                f"use --framework {found}",
+            )
+        return get_frontend(wanted), preloaded
+    if wanted is not None:
+        return get_frontend(wanted), None
+    path = Path(source)
+    if not path.exists():
+        from convkit.errors import InputFileError
+
+        raise InputFileError(
+            f"source {source} is neither an existing file nor a module:factory",
+            "give a model file, path/to/file.py:factory or package.module:factory",
+        )
+    for name in FRONTENDS:
+        if load_frontend_class(name).claims_path(path):
+            return get_frontend(name), None
+    raise UnknownFrameworkError(
+        f"cannot tell which framework {source} belongs to", f"pass --framework ({', '.join(FRONTENDS)})"
+    )

@@ -1,0 +1,98 @@
+"""The front-end protocol: what every framework provides. Small on purpose; change it rarely.
+
+A front end loads a model, exports it to ONNX and runs it natively for reference outputs. Everything after
+that (the runtime, the comparison, reports, artifacts, the CLI) is shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from convkit.inputs import InputSpec
+
+
+@dataclass
+class LoadOptions:
+    """How to load a source.
+
+    Attributes:
+        weights: a checkpoint to load into the model (a state dict / weights file), safely.
+        unsafe_pickle: allow loading formats that execute code (whole pickled models, Keras Lambda layers).
+            Off by default; the CLI names it ``--unsafe-allow-pickle`` so the risk is plain.
+    """
+
+    weights: str | None = None
+    unsafe_pickle: bool = False
+    verbose: bool = False
+
+
+@dataclass
+class ExportOptions:
+    """How to export. ``exporter=None`` lets the front end choose (and fall back)."""
+
+    opset: int | None = None
+    exporter: str | None = None
+    verbose: bool = False
+
+
+@dataclass
+class ExportResult:
+    """What an exporter did: which path it took, the opset written, and anything the user should know."""
+
+    exporter: str
+    opset: int
+    notes: list[str] = field(default_factory=list)
+
+
+class Frontend(Protocol):
+    """One framework. Implementations import their framework inside methods, never at module level."""
+
+    name: str
+    aliases: tuple[str, ...]
+    extra: str
+    """The pip extra that installs the framework: ``pip install 'convkit[<extra>]'``."""
+
+    def is_available(self) -> str | None:
+        """``None`` when the framework imports here, else the reason it does not."""
+        ...
+
+    def versions(self) -> dict[str, str]:
+        """Versions of the framework packages involved (for manifests and reports)."""
+        ...
+
+    def claims_path(self, path: Path) -> bool:
+        """Whether a model file or folder is in this framework's format (``.pt2``, ``.keras`` ...)."""
+        ...
+
+    def load(self, source: str, options: LoadOptions, preloaded: Any = None) -> Any:
+        """Load ``source`` in inference mode. ``preloaded`` is the object a ``module:factory`` returned."""
+        ...
+
+    def input_specs(self, model: Any) -> list[InputSpec] | None:
+        """Input names and shapes the model declares itself, or ``None`` when it declares none."""
+        ...
+
+    def input_names(self, model: Any) -> list[str] | None:
+        """The names the model's inputs are known by (``forward`` parameters ...), when they can be read."""
+        ...
+
+    def export(
+        self,
+        model: Any,
+        specs: Sequence[InputSpec],
+        example: Mapping[str, np.ndarray],
+        path: Path,
+        options: ExportOptions,
+    ) -> ExportResult:
+        """Write an ONNX model to ``path`` whose inputs are named and shaped after ``specs``
+        (string dims symbolic) and whose outputs are in the framework's output order."""
+        ...
+
+    def run(self, model: Any, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the model natively (inference mode, no gradients); outputs flattened in order."""
+        ...

@@ -1,0 +1,170 @@
+"""Render a ``ParityReport`` or a ``ModelSummary``: a text table for people, JSON and JUnit XML for CI.
+
+The numbers printed are the numbers in the files: every renderer reads the same report object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from convkit import __version__
+from convkit.artifacts import write_text_atomic
+from convkit.compare import OutputComparison, ParityReport
+from convkit.model_info import ModelSummary
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if value == 0:
+        return "0"
+    return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.2e}"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[k]) for r in rows)) if rows else len(h) for k, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _shape(shape: list[int]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def render_text(report: ParityReport) -> str:
+    """The human-readable table and a one-line verdict that says what failed and by how much."""
+    head = f"{report.model}  vs  {report.reference}   (onnxruntime, {report.provider} provider)"
+    rows = [
+        [
+            c.data_set,
+            c.name,
+            _shape(c.shape),
+            _num(c.max_abs_diff),
+            _num(c.max_rel_diff),
+            "-" if c.mismatch_fraction is None else f"{c.mismatch_fraction:.2%}",
+            _num(c.min_passing_atol),
+            "-" if c.cosine_similarity is None else f"{c.cosine_similarity:.6f}",
+            "PASS" if c.passed else "FAIL",
+        ]
+        for c in report.comparisons
+    ]
+    headers = [
+        "data set",
+        "output",
+        "shape",
+        "max abs",
+        "max rel",
+        "mismatch",
+        "min atol",
+        "cosine",
+        "result",
+    ]
+    lines = [head, _table(headers, rows)]
+    lines += [f"note: {note}" for note in report.notes]
+    lines.append(verdict(report))
+    return "\n".join(lines)
+
+
+def _tolerance_text(c: OutputComparison) -> str:
+    return f"atol={c.atol:g}, rtol={c.rtol:g}"
+
+
+def verdict(report: ParityReport) -> str:
+    """One line: PASS with the worst margin, or FAIL naming the worst output and the atol that would pass."""
+    if not report.comparisons:
+        return "FAIL: nothing was compared"
+    data_sets = len({c.data_set for c in report.comparisons})
+    worst = report.worst
+    assert worst is not None
+    if report.passed:
+        return (
+            f"PASS: {len(report.comparisons)} output comparisons over {data_sets} data set(s) within "
+            f"{_tolerance_text(worst)}; largest difference {_num(worst.max_abs_diff)}"
+        )
+    failed = [c for c in report.comparisons if not c.passed]
+    return (
+        f"FAIL: {len(failed)} of {len(report.comparisons)} output comparisons differ; worst: {worst.name!r} "
+        f"in data set {worst.data_set!r}: {worst.reason}"
+    )
+
+
+def to_json(report: ParityReport) -> str:
+    return json.dumps(report.to_dict(), indent=2) + "\n"
+
+
+def to_junit_xml(report: ParityReport, suite_name: str = "convkit.verify") -> str:
+    """JUnit XML: one testsuite, one testcase per output and data set, ``<failure>`` with the reason."""
+    failures = sum(not c.passed for c in report.comparisons)
+    suite = ET.Element(
+        "testsuite",
+        name=suite_name,
+        tests=str(len(report.comparisons)),
+        failures=str(failures),
+        errors="0",
+        skipped="0",
+    )
+    props = ET.SubElement(suite, "properties")
+    for key, value in (
+        ("model", report.model),
+        ("reference", report.reference),
+        ("provider", report.provider),
+        ("convkit_version", __version__),
+    ):
+        ET.SubElement(props, "property", name=key, value=value)
+    classname = os.path.basename(report.model)
+    for c in report.comparisons:
+        case = ET.SubElement(suite, "testcase", classname=classname, name=f"{c.data_set}/{c.name}", time="0")
+        detail = (
+            f"max_abs_diff={_num(c.max_abs_diff)} max_rel_diff={_num(c.max_rel_diff)} "
+            f"min_passing_atol={_num(c.min_passing_atol)} ({_tolerance_text(c)})"
+        )
+        if c.passed:
+            ET.SubElement(case, "system-out").text = detail
+        else:
+            failure = ET.SubElement(
+                case, "failure", message=c.reason or "values differ", type="ParityFailure"
+            )
+            failure.text = detail
+    if report.notes:
+        ET.SubElement(suite, "system-out").text = "\n".join(report.notes)
+    ET.indent(suite)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
+
+
+def write_report_files(report: ParityReport, json_path: str | None, junit_path: str | None) -> None:
+    """Write the JSON and/or JUnit files, each atomically."""
+    if json_path:
+        write_text_atomic(json_path, to_json(report))
+    if junit_path:
+        write_text_atomic(junit_path, to_junit_xml(report))
+
+
+def render_summary(summary: ModelSummary) -> str:
+    """``convkit inspect``'s text output."""
+
+    def io_rows(items: list[Any]) -> list[list[str]]:
+        return [
+            [t.name, t.dtype, "[" + ",".join("?" if d is None else str(d) for d in t.shape) + "]"]
+            for t in items
+        ]
+
+    opsets = ", ".join(f"{domain} {version}" for domain, version in summary.opsets.items())
+    lines = [
+        f"model:       {summary.path} ({summary.file_bytes:,} bytes)",
+        f"IR version:  {summary.ir_version}",
+        f"opsets:      {opsets}",
+        f"producer:    {summary.producer or '(not recorded)'}",
+        f"parameters:  {summary.parameter_count:,} ({summary.parameter_bytes:,} bytes)",
+        f"nodes:       {summary.node_count}",
+    ]
+    if summary.external_data_files:
+        lines.append(f"external:    {', '.join(summary.external_data_files)}")
+    lines += ["", "inputs:", _table(["name", "dtype", "shape"], io_rows(summary.inputs))]
+    lines += ["", "outputs:", _table(["name", "dtype", "shape"], io_rows(summary.outputs))]
+    ops = [[op, str(n)] for op, n in summary.op_types.items()]
+    lines += ["", "operators:", _table(["op type", "count"], ops)]
+    return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""Model sources given as ``path/to/file.py:factory`` or ``package.module:factory``; framework inference."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from convkit.errors import ConvkitError, InputFileError
+
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_ATTR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+# the top-level package of a model's class -> front end name
+_PACKAGE_FRAMEWORK = {
+    "torch": "torch",
+    "keras": "tensorflow",
+    "tensorflow": "tensorflow",
+    "tf_keras": "tensorflow",
+}
+
+
+class SourceError(ConvkitError):
+    """A ``module:factory`` source cannot be imported or called."""
+
+
+def is_factory_source(source: str) -> bool:
+    """True for ``file.py:name`` and ``pkg.module:name`` (not for a plain existing path)."""
+    if ":" not in source or Path(source).exists():
+        return False
+    module, _, attr = source.rpartition(":")
+    if not _ATTR_RE.match(attr):
+        return False
+    return module.endswith(".py") or bool(_MODULE_RE.match(module))
+
+
+def load_factory(source: str) -> Any:
+    """Import ``module:factory`` and return what it makes: a class is instantiated and a function called,
+    both without arguments; any other object is returned as it is.
+
+    NOTE: why this runs the user's code: a factory *is* code the user points at; it is not data from
+    elsewhere. Loading pickled models is a different matter, off by default in each front end.
+    """
+    module_text, _, attr = source.rpartition(":")
+    if module_text.endswith(".py"):
+        path = Path(module_text)
+        if not path.is_file():
+            raise InputFileError(f"source file {path} does not exist", "check the path before the ':'")
+        module_name = f"convkit_source_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise SourceError(f"cannot import {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        # NOTE: why: a model file often imports its siblings (``from layers import Block``).
+        sys.path.insert(0, str(path.parent.resolve()))
+        try:
+            spec.loader.exec_module(module)
+        except ConvkitError:
+            raise
+        except Exception as exc:
+            raise SourceError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            sys.path.remove(str(path.parent.resolve()))
+    else:
+        try:
+            module = importlib.import_module(module_text)
+        except ImportError as exc:
+            raise SourceError(
+                f"cannot import module {module_text!r}: {exc}",
+                "is it installed, or on PYTHONPATH? A file needs its .py suffix: path/to/file.py:factory",
+            ) from exc
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            available = sorted(n for n in dir(module) if not n.startswith("_"))[:20]
+            raise SourceError(
+                f"{module_text} has no attribute {attr!r}", f"it defines: {', '.join(available)}"
+            )
+        target = getattr(target, part)
+    if inspect.isclass(target) or inspect.isfunction(target) or inspect.ismethod(target):
+        try:
+            return target()
+        except TypeError as exc:
+            raise SourceError(
+                f"{source} could not be called without arguments: {exc}",
+                "point at a factory function or class that takes no arguments",
+            ) from exc
+    return target
+
+
+def framework_of(obj: Any) -> str | None:
+    """The front end whose model class ``obj`` is, judged by the packages in its class hierarchy."""
+    for cls in type(obj).__mro__:
+        top = cls.__module__.split(".")[0]
+        if top in _PACKAGE_FRAMEWORK:
+            return _PACKAGE_FRAMEWORK[top]
+    return None
