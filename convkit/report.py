@@ -168,3 +168,46 @@ def render_summary(summary: ModelSummary) -> str:
     ops = [[op, str(n)] for op, n in summary.op_types.items()]
     lines += ["", "operators:", _table(["op type", "count"], ops)]
     return "\n".join(lines)
+
+
+def render_bench(report: Any) -> str:
+    """``convkit bench``'s table, with speed-ups against the first onnxruntime row at each batch size."""
+    rows = []
+    for t in report.timings:
+        base = next(x for x in report.timings if x.batch == t.batch)
+        rows.append(
+            [
+                str(t.batch),
+                t.contender,
+                f"{t.median_ms:.3f}",
+                f"{t.p10_ms:.3f}",
+                f"{t.p90_ms:.3f}",
+                f"{t.samples_per_s:,.0f}",
+                "-" if t.gflops is None else f"{t.gflops:.1f}",
+                "-" if t.peak_share is None else f"{t.peak_share:.0%}",
+                f"{t.median_ms / base.median_ms:.2f}x",
+            ]
+        )
+    headers = [
+        "batch",
+        "contender",
+        "median ms",
+        "p10 ms",
+        "p90 ms",
+        "samples/s",
+        "GFLOP/s",
+        "% peak",
+        "time vs ORT",
+    ]
+    lines = [
+        f"{report.model}: {report.flops_per_sample / 1e6:.2f} MFLOP per sample, {report.threads} threads",
+    ]
+    if report.peak is not None:
+        nominal = "unknown" if report.peak.nominal_gflops is None else f"{report.peak.nominal_gflops:.0f}"
+        lines.append(
+            f"peak fp32: nominal {nominal} GFLOP/s ({report.peak.description}); "
+            f"measured matmul {report.peak.measured_gflops:.0f} GFLOP/s"
+        )
+    lines.append(_table(headers, rows))
+    lines += [f"note: {note}" for note in report.notes]
+    return "\n".join(lines)

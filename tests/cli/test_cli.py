@@ -198,3 +198,32 @@ def test_usage_errors_exit_2():
 def test_unknown_framework_lists_choices(cnn_case):
     result = run_convkit("verify", str(cnn_case), "--source", "m.py:f", "--framework", "caffe9")
     _assert_clean_failure(result, "unknown framework 'caffe9'", "torch", "tensorflow")
+
+
+def test_bench_prints_table_and_writes_json(cnn_case, tmp_path):
+    out = tmp_path / "bench.json"
+    model = str(cnn_case / "model.onnx")
+    result = run_convkit("bench", model, "--batch-sizes", "1,2", "--seconds", "0.05", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "MFLOP per sample" in result.stdout and "convkit (onnxruntime)" in result.stdout
+    data = json.loads(out.read_text())
+    assert [t["batch"] for t in data["timings"]] == [1, 1, 2, 2]
+    assert data["peak"]["measured_gflops"] > 0
+    bad = run_convkit("bench", model, "--batch-sizes", "one")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_quantize_gate_from_the_command_line(cnn_case, tmp_path):
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=np.random.default_rng(0).random((32, 1, 28, 28), dtype=np.float32))
+    out = tmp_path / "q.onnx"
+    model = str(cnn_case / "model.onnx")
+    ok = run_convkit("quantize", model, "-o", str(out), "--calibration", str(data))
+    assert ok.returncode == 0, ok.stderr
+    assert "top-1 agreement" in ok.stdout and out.exists()
+    out.unlink()
+    strict = run_convkit(
+        "quantize", model, "-o", str(out), "--fp16", "--eval-data", str(data), "--min-top1", "1.5"
+    )
+    assert strict.returncode == 1 and "not written" in strict.stdout
+    assert not out.exists()
