@@ -75,10 +75,13 @@ def verify_testcase(
     path: str | os.PathLike[str],
     tolerance: Tolerance | None = None,
     options: SessionOptions | None = None,
+    localize: str | None = None,
 ) -> ParityReport:
     """Run every ``test_data_set_N`` beside a model in onnxruntime and compare with the stored outputs.
 
     ``path`` is a test-case folder (``model.onnx`` + ``test_data_set_N/``) or the model file itself.
+    ``localize`` (an oracle: ``reference``, ``unoptimized`` or a reference model's path) also searches for
+    the first diverging node, on the first data set that fails (or the first one).
     """
     model = load_onnx(path)
     data_sets = list_test_data_sets(model.path.parent)
@@ -97,7 +100,29 @@ def verify_testcase(
     for folder, (inputs, expected) in zip(data_sets, loaded, strict=True):
         actual = session.run(inputs)
         report.comparisons.extend(compare_outputs(expected, actual, tol, data_set=folder.name))
+    if localize:
+        feeds = {folder.name: inputs for folder, (inputs, _) in zip(data_sets, loaded, strict=True)}
+        _localize_into(report, model, feeds, localize, tol)
     return report
+
+
+def _localize_into(
+    report: ParityReport,
+    model: OnnxModel,
+    data_sets: Mapping[str, Mapping[str, np.ndarray]],
+    oracle: str,
+    tol: Tolerance,
+) -> None:
+    """Run localization on the first failing data set (else the first) and attach it to ``report``."""
+    from convkit.localize import localize
+
+    failing = [c.data_set for c in report.comparisons if not c.passed]
+    label = failing[0] if failing else next(iter(data_sets))
+    reference: str | OnnxModel = oracle if oracle in ("reference", "unoptimized") else load_onnx(oracle)
+    found = localize(model, data_sets[label], reference, tol)
+    found.notes.append(f"on data set {label}")
+    report.localization = found.to_dict()
+    report.notes.append(found.describe())
 
 
 def _new_report(model: OnnxModel, reference: str, session: RuntimeSession, tol: Tolerance) -> ParityReport:
@@ -151,10 +176,12 @@ def verify_model(
     tolerance: Tolerance | None = None,
     options: SessionOptions | None = None,
     seed: int = DEFAULT_SEED,
+    localize: str | None = None,
 ) -> ParityReport:
     """Compare onnxruntime with the source framework on the same inputs.
 
-    Without ``data``, every symbolic dimension is checked at two sizes (seeded random inputs).
+    Without ``data``, every symbolic dimension is checked at two sizes (seeded random inputs). ``localize``
+    (an oracle, as for ``verify_testcase``) searches for the first diverging node.
     """
     model = load_onnx(path)
     frontend, preloaded = resolve_source(source, framework)
@@ -178,6 +205,8 @@ def verify_model(
         expected = _outputs_by_name(frontend.run(native, feeds), model.output_names, frontend)
         actual = session.run(feeds)
         report.comparisons.extend(compare_outputs(expected, actual, tol, data_set=label))
+    if localize:
+        _localize_into(report, model, dict(data_sets), localize, tol)
     return report
 
 

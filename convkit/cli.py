@@ -141,6 +141,18 @@ def run(model: str, data: str, output: str, provider: str, threads: int | None) 
     click.echo(f"ran on the {result.provider} provider; wrote {output}: {shapes}")
 
 
+localize_option = click.option(
+    "--localize",
+    "localize",
+    is_flag=False,
+    flag_value="reference",
+    default=None,
+    metavar="[ORACLE]",
+    help="find the first diverging node: against onnx's reference implementation (default), 'unoptimized' "
+    "onnxruntime, or a reference model's path.",
+)
+
+
 @cli.command()
 @click.argument("target", type=click.Path())
 @click.option("--source", default=None, help="verify against this framework model (file or module:factory).")
@@ -148,6 +160,7 @@ def run(model: str, data: str, output: str, provider: str, threads: int | None) 
 @_tolerance_options
 @provider_option
 @threads_option
+@localize_option
 @_report_options
 def verify(
     target: str,
@@ -162,6 +175,7 @@ def verify(
     rtol: float | None,
     provider: str,
     threads: int | None,
+    localize: str | None,
     report: str | None,
     junit: str | None,
 ) -> None:
@@ -177,7 +191,7 @@ def verify(
     if source is None:
         if inputs or data or framework or weights:
             raise click.UsageError("--input, --data, --framework and --weights need --source")
-        result = api.verify_testcase(target, tol, session)
+        result = api.verify_testcase(target, tol, session, localize)
     else:
         from convkit.frontends import LoadOptions
         from convkit.inputs import parse_input_spec
@@ -192,7 +206,10 @@ def verify(
             tol,
             session,
             seed,
+            localize,
         )
+    if not result.passed and not localize:
+        result.notes.append("rerun with --localize to find the first diverging node")
     sys.exit(_finish_report(result, report, junit))
 
 
@@ -364,6 +381,36 @@ def quantize(
     else:
         click.echo("FAIL: not written: the quantized model loses parity (use --force to write it anyway)")
     sys.exit(EXIT_OK if result.passed else EXIT_PARITY_FAILED)
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.option("--data", required=True, type=click.Path(), help=".npz, .npy or a test_data_set_N folder.")
+@click.option("--output", "-o", required=True, type=click.Path(), help="the repro folder to write.")
+@click.option(
+    "--oracle",
+    default="reference",
+    show_default=True,
+    help="what onnxruntime is checked against: 'reference', 'unoptimized', or a reference model's path.",
+)
+@_tolerance_options
+def reduce(model: str, data: str, output: str, oracle: str, atol: float | None, rtol: float | None) -> None:
+    """Cut MODEL down to the node that diverges and write it as a self-contained test case.
+
+    The repro folder holds model.onnx and test_data_set_0/ (the oracle's values), so `convkit verify DIR`
+    or any ONNX test runner reproduces the failure.
+    """
+    from convkit.artifacts import load_arrays
+    from convkit.onnx_model import load_onnx
+    from convkit.reduce import reduce_model
+
+    loaded = load_onnx(model)
+    reference = oracle if oracle in ("reference", "unoptimized") else load_onnx(oracle)
+    repro = reduce_model(
+        loaded, load_arrays(data, loaded.input_names), output, reference, _tolerance(atol, rtol)
+    )
+    click.echo(repro.localization.describe())
+    click.echo(f"wrote {repro.folder}: {repro.nodes} node(s); check it with `convkit verify {repro.folder}`")
 
 
 @cli.command()

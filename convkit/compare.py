@@ -77,6 +77,8 @@ class ParityReport:
     notes: list[str] = field(default_factory=list)
     atol: float | None = None
     rtol: float | None = None
+    localization: dict[str, Any] | None = None
+    """Where parity broke (``convkit.localize.Localization.to_dict()``), when localization ran."""
 
     @property
     def passed(self) -> bool:
@@ -102,6 +104,7 @@ class ParityReport:
             "rtol": self.rtol,
             "notes": list(self.notes),
             "outputs": [c.to_dict() for c in self.comparisons],
+            "localization": self.localization,
         }
 
 

@@ -148,30 +148,12 @@ class RuntimeSession:
         self.inputs = [_spec(arg) for arg in self._session.get_inputs()]
         self.outputs = [_spec(arg) for arg in self._session.get_outputs()]
 
-    def _session_options(self) -> Any:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        level = {
-            "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[self.options.optimization]
-        so.graph_optimization_level = level
-        # NOTE: why an explicit thread count: with the default (0) onnxruntime pinned its worker to one CPU
-        # on this project's 2-vCPU machines (sched_getaffinity -> [1]); an explicit count did not.
-        so.intra_op_num_threads = self.options.threads or usable_cpu_count()
-        so.inter_op_num_threads = 1
-        if self.options.optimized_model_path:
-            so.optimized_model_filepath = self.options.optimized_model_path
-        return so
-
     def _create(self, model: str | bytes, providers: list[str]) -> Any:
         import onnxruntime as ort
 
-        return ort.InferenceSession(model, sess_options=self._session_options(), providers=providers)
+        return ort.InferenceSession(
+            model, sess_options=ort_session_options(self.options), providers=providers
+        )
 
     def _create_upgraded(
         self,
@@ -247,6 +229,28 @@ class RuntimeSession:
                 "check the input shapes against `convkit inspect`",
             ) from exc
         return dict(zip(names, values, strict=True))
+
+
+def ort_session_options(options: SessionOptions) -> Any:
+    """onnxruntime ``SessionOptions`` for ``options``: optimization level, threads, quiet logging."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    level = {
+        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[options.optimization]
+    so.graph_optimization_level = level
+    # NOTE: why an explicit thread count: with the default (0) onnxruntime pinned its worker to one CPU
+    # on this project's 2-vCPU machines (sched_getaffinity -> [1]); an explicit count did not.
+    so.intra_op_num_threads = options.threads or usable_cpu_count()
+    so.inter_op_num_threads = 1
+    if options.optimized_model_path:
+        so.optimized_model_filepath = options.optimized_model_path
+    return so
 
 
 def _spec(arg: Any) -> TensorSpec:

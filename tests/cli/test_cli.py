@@ -25,7 +25,9 @@ def _tamper(model_path, initializer="fc2.bias", delta=0.5):
     onnx.save(model, model_path)
 
 
-@pytest.mark.parametrize("args", [[], ["inspect"], ["run"], ["verify"], ["export"], ["demo"]])
+@pytest.mark.parametrize(
+    "args", [[], ["inspect"], ["run"], ["verify"], ["export"], ["bench"], ["quantize"], ["reduce"], ["demo"]]
+)
 def test_help_never_imports_a_framework(args):
     code = (
         "import sys\n"
@@ -227,3 +229,25 @@ def test_quantize_gate_from_the_command_line(cnn_case, tmp_path):
     )
     assert strict.returncode == 1 and "not written" in strict.stdout
     assert not out.exists()
+
+
+def test_verify_localize_puts_the_divergence_in_the_report(cnn_case, tmp_path):
+    case = tmp_path / "case"
+    shutil.copytree(cnn_case, case)
+    _tamper(case / "model.onnx", initializer="conv1.bias")
+    report = tmp_path / "r.json"
+    original = str(cnn_case / "model.onnx")
+    result = run_convkit("verify", str(case), "--localize", original, "--report", str(report))
+    assert result.returncode == 1
+    assert "node 'conv1' (Conv)" in result.stdout
+    first = json.loads(report.read_text())["localization"]["first_divergence"]
+    assert first["node"] == "conv1" and first["op_type"] == "Conv"
+    plain = run_convkit("verify", str(case))
+    assert "rerun with --localize" in plain.stdout
+    repro = tmp_path / "repro"
+    data = str(case / "test_data_set_0")
+    reduced = run_convkit(
+        "reduce", str(case / "model.onnx"), "--data", data, "-o", str(repro), "--oracle", original
+    )
+    assert reduced.returncode == 0, reduced.stderr
+    assert run_convkit("verify", str(repro)).returncode == 1

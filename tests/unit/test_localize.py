@@ -1,0 +1,108 @@
+"""Plant faults in a model and prove localization names the node, and reduce writes a failing repro."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from convkit.api import verify_testcase
+from convkit.errors import ConvkitError
+from convkit.localize import localize
+from convkit.onnx_model import load_onnx
+from convkit.reduce import NothingToReduceError, reduce_model
+
+X = {"x": np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)}
+
+
+def _save(proto, folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, folder / "model.onnx")
+    return load_onnx(folder / "model.onnx")
+
+
+def _change_bias(proto, name="conv2.bias"):
+    for tensor in proto.graph.initializer:
+        if tensor.name == name:
+            value = numpy_helper.to_array(tensor).copy()
+            value[3] += 0.5
+            tensor.CopyFrom(numpy_helper.from_array(value, name))
+
+
+def _relu_to_leaky(proto, node_name="relu3"):
+    for node in proto.graph.node:
+        if node.name == node_name:
+            node.op_type = "LeakyRelu"
+            node.attribute.append(helper.make_attribute("alpha", 0.3))
+
+
+@pytest.fixture
+def original(cnn_case):
+    return load_onnx(cnn_case)
+
+
+@pytest.mark.parametrize(
+    ("plant", "node", "op"), [(_change_bias, "conv2", "Conv"), (_relu_to_leaky, "relu3", "LeakyRelu")]
+)
+def test_planted_fault_is_named_against_the_original(original, tmp_path, plant, node, op):
+    proto = onnx.load(original.path)
+    plant(proto)
+    faulty = _save(proto, tmp_path / "faulty")
+    for chunk in (64, 2):  # bounded-memory chunks find the same node
+        found = localize(faulty, X, original, chunk=chunk)
+        assert found.first is not None
+        assert (found.first.node, found.first.op_type) == (node, op)
+        assert found.first.inputs_max_abs_diff == 0.0
+        assert found.first.comparison.max_abs_diff > 1e-3
+
+
+def test_flipped_transpose_is_named(tmp_path):
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], name="pre"),
+        helper.make_node("Transpose", ["a"], ["t"], perm=[0, 2, 1], name="swap"),
+        helper.make_node("MatMul", ["t", "w"], ["y"], name="mm"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "t",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 4])],
+        [w],
+    )
+    good = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "good")
+    proto = onnx.load(good.path)
+    proto.graph.node[1].attribute[0].CopyFrom(helper.make_attribute("perm", [0, 1, 2]))
+    bad = _save(proto, tmp_path / "bad")
+    x = {"x": np.random.default_rng(1).standard_normal((2, 4, 4)).astype(np.float32)}
+    found = localize(bad, x, good)
+    assert (found.first.node, found.first.op_type) == ("swap", "Transpose")
+
+
+def test_healthy_model_agrees_with_the_reference_implementation(original):
+    for oracle in ("reference", "unoptimized"):
+        found = localize(original, X, oracle)
+        assert found.first is None
+        assert found.checked_values == 11
+
+
+def test_reduce_writes_a_small_repro_that_still_fails(original, tmp_path):
+    proto = onnx.load(original.path)
+    _change_bias(proto)
+    faulty = _save(proto, tmp_path / "faulty")
+    repro = reduce_model(faulty, X, tmp_path / "repro", original)
+    assert repro.nodes == 1
+    assert sorted(p.name for p in (tmp_path / "repro").iterdir()) == ["model.onnx", "test_data_set_0"]
+    report = verify_testcase(tmp_path / "repro")
+    assert not report.passed
+    assert report.worst.min_passing_atol == pytest.approx(0.5, abs=1e-3)
+
+
+def test_reduce_with_nothing_wrong_is_a_clear_error(original, tmp_path):
+    with pytest.raises(NothingToReduceError):
+        reduce_model(original, X, tmp_path / "repro")
+    assert not (tmp_path / "repro").exists()
+
+
+def test_unrelated_reference_model_is_refused(original, old_opset_case):
+    with pytest.raises(ConvkitError, match="share no value names"):
+        localize(original, X, load_onnx(old_opset_case))
