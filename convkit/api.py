@@ -74,12 +74,13 @@ def run_model(
 def verify_testcase(
     path: str | os.PathLike[str],
     tolerance: Tolerance | None = None,
-    options: SessionOptions | None = None,
+    options: Runtimes = None,
     localize: str | None = None,
 ) -> ParityReport:
     """Run every ``test_data_set_N`` beside a model in onnxruntime and compare with the stored outputs.
 
     ``path`` is a test-case folder (``model.onnx`` + ``test_data_set_N/``) or the model file itself.
+    ``options`` may list several runtime configurations (providers, optimization levels): each is checked.
     ``localize`` (an oracle: ``reference``, ``unoptimized`` or a reference model's path) also searches for
     the first diverging node, on the first data set that fails (or the first one).
     """
@@ -94,15 +95,52 @@ def verify_testcase(
     for folder, (_, outputs) in zip(data_sets, loaded, strict=True):
         if not outputs:
             raise DataError(f"{folder} holds no output_N.pb files to compare with")
-    session = open_session(model, options, loaded[0][0])
+    checks = [
+        (folder.name, inputs, outputs) for folder, (inputs, outputs) in zip(data_sets, loaded, strict=True)
+    ]
+    return _check(model, "stored outputs", checks, tolerance, options, localize)
+
+
+Runtimes = SessionOptions | Sequence[SessionOptions] | None
+DataCheck = tuple[str, Mapping[str, np.ndarray], Mapping[str, Any]]
+
+
+def _check(
+    model: OnnxModel,
+    reference: str,
+    checks: Sequence[DataCheck],
+    tolerance: Tolerance | None,
+    runtimes: Runtimes,
+    localize: str | None,
+) -> ParityReport:
+    """Run each (label, inputs, expected outputs) on every runtime configuration and compare.
+
+    NOTE: why several runtimes in one report: a model that holds on the CPU provider can break on CUDA or
+    under one optimization level; one command and one report show which configuration is at fault.
+    """
+    configs = [runtimes] if isinstance(runtimes, SessionOptions) or runtimes is None else list(runtimes)
+    sessions = [open_session(model, config, checks[0][1]) for config in configs]
+    levels = {config.optimization for config in configs if config is not None}
+    labels = [
+        short_provider_name(s.provider) + (f"/{s.options.optimization}" if len(levels) > 1 else "")
+        for s in sessions
+    ]
     tol = tolerance or Tolerance()
-    report = _new_report(model, "stored outputs", session, tol)
-    for folder, (inputs, expected) in zip(data_sets, loaded, strict=True):
-        actual = session.run(inputs)
-        report.comparisons.extend(compare_outputs(expected, actual, tol, data_set=folder.name))
+    report = ParityReport(
+        model=str(model.path),
+        reference=reference,
+        provider=",".join(dict.fromkeys(labels)),
+        notes=[*model.notes, *(note for s in sessions for note in s.notes)],
+        atol=tol.atol,
+        rtol=tol.rtol,
+    )
+    for session, label in zip(sessions, labels, strict=True):
+        for data_set, inputs, expected in checks:
+            for comparison in compare_outputs(expected, session.run(inputs), tol, data_set=data_set):
+                comparison.runtime = label if len(sessions) > 1 else ""
+                report.comparisons.append(comparison)
     if localize:
-        feeds = {folder.name: inputs for folder, (inputs, _) in zip(data_sets, loaded, strict=True)}
-        _localize_into(report, model, feeds, localize, tol)
+        _localize_into(report, model, {label: inputs for label, inputs, _ in checks}, localize, tol)
     return report
 
 
@@ -123,17 +161,6 @@ def _localize_into(
     found.notes.append(f"on data set {label}")
     report.localization = found.to_dict()
     report.notes.append(found.describe())
-
-
-def _new_report(model: OnnxModel, reference: str, session: RuntimeSession, tol: Tolerance) -> ParityReport:
-    return ParityReport(
-        model=str(model.path),
-        reference=reference,
-        provider=short_provider_name(session.provider),
-        notes=[*model.notes, *session.notes],
-        atol=tol.atol,
-        rtol=tol.rtol,
-    )
 
 
 def specs_from_session(inputs: Sequence[TensorSpec], given: Sequence[InputSpec] = ()) -> list[InputSpec]:
@@ -174,7 +201,7 @@ def verify_model(
     data: str | os.PathLike[str] | None = None,
     load_options: LoadOptions | None = None,
     tolerance: Tolerance | None = None,
-    options: SessionOptions | None = None,
+    options: Runtimes = None,
     seed: int = DEFAULT_SEED,
     localize: str | None = None,
 ) -> ParityReport:
@@ -191,23 +218,17 @@ def verify_model(
         check_names(list(feeds), model.input_names, f"the data in {data}")
         data_sets = [(Path(data).name, feeds)]
     else:
-        session_probe = open_session(model, options)
+        session_probe = open_session(model)
         unknown = [s.name for s in input_specs if s.name not in model.input_names]
         if unknown:
             check_names([s.name for s in input_specs], model.input_names, "--input")
         data_sets = verification_data_sets(specs_from_session(session_probe.inputs, input_specs), seed)
-    session = open_session(model, options, data_sets[0][1])
-    tol = tolerance or Tolerance()
-    versions = frontend.versions()
-    reference = f"{frontend.name} {versions.get(frontend.name, '')}".strip()
-    report = _new_report(model, reference, session, tol)
-    for label, feeds in data_sets:
-        expected = _outputs_by_name(frontend.run(native, feeds), model.output_names, frontend)
-        actual = session.run(feeds)
-        report.comparisons.extend(compare_outputs(expected, actual, tol, data_set=label))
-    if localize:
-        _localize_into(report, model, dict(data_sets), localize, tol)
-    return report
+    reference = f"{frontend.name} {frontend.versions().get(frontend.name, '')}".strip()
+    checks = [
+        (label, feeds, _outputs_by_name(frontend.run(native, feeds), model.output_names, frontend))
+        for label, feeds in data_sets
+    ]
+    return _check(model, reference, checks, tolerance, options, localize)
 
 
 @dataclass
@@ -284,16 +305,15 @@ def export_model(
     example = dict(feeds) if feeds is not None else random_inputs(specs, EXPORT_SYMBOLIC_SIZE, seed)
     example = {spec.name: example[spec.name] for spec in specs}
     reference = frontend.run(native, example)
-    tol = tolerance or Tolerance()
     with atomic_path(output, suffix=".onnx") as tmp:
         result = frontend.export(native, specs, example, tmp, export_options or ExportOptions())
         model = load_onnx(tmp)
-        session = open_session(model, options, example)
         expected = _outputs_by_name(reference, model.output_names, frontend)
-        report = _new_report(model, frontend.name, session, tol)
+        report = _check(
+            model, frontend.name, [("export example", example, expected)], tolerance, options, None
+        )
         report.model = str(output)
         report.notes.extend(result.notes)
-        report.comparisons.extend(compare_outputs(expected, session.run(example), tol, "export example"))
     test_dir = write_test_data_set(output.parent, example, expected) if test_data else None
     manifest = write_manifest(
         output,

@@ -80,6 +80,27 @@ def _session_options(provider: str, threads: int | None) -> Any:
     return SessionOptions(provider=provider.lower(), threads=threads)
 
 
+def _split_choices(text: str, choices: tuple[str, ...], option: str) -> list[str]:
+    values = [part.strip().lower() for part in text.split(",") if part.strip()]
+    unknown = [v for v in values if v not in choices]
+    if unknown or not values:
+        raise click.BadParameter(
+            f"{', '.join(unknown) or text!r}: choose from {', '.join(choices)}", param_hint=option
+        )
+    return list(dict.fromkeys(values))
+
+
+def _runtime_configs(providers: str, optimization: str, threads: int | None) -> list[Any]:
+    """Every provider x optimization level combination asked for."""
+    from convkit.runtime import OPTIMIZATION_LEVELS, PROVIDER_CHOICES, SessionOptions
+
+    return [
+        SessionOptions(provider=p, threads=threads, optimization=level)
+        for p in _split_choices(providers, PROVIDER_CHOICES, "--providers")
+        for level in _split_choices(optimization, OPTIMIZATION_LEVELS, "--optimization")
+    ]
+
+
 def _tolerance(atol: float | None, rtol: float | None) -> Any:
     from convkit.compare import Tolerance
 
@@ -160,6 +181,19 @@ localize_option = click.option(
 @_tolerance_options
 @provider_option
 @threads_option
+@click.option(
+    "--providers",
+    default=None,
+    metavar="LIST",
+    help="check on several providers in one report, e.g. cpu,cuda (overrides --provider).",
+)
+@click.option(
+    "--optimization",
+    default="all",
+    show_default=True,
+    metavar="LIST",
+    help="onnxruntime graph optimization level(s): all, extended, basic, disabled; a list checks each.",
+)
 @localize_option
 @_report_options
 def verify(
@@ -175,6 +209,8 @@ def verify(
     rtol: float | None,
     provider: str,
     threads: int | None,
+    providers: str | None,
+    optimization: str,
     localize: str | None,
     report: str | None,
     junit: str | None,
@@ -187,7 +223,7 @@ def verify(
     from convkit import api
 
     tol = _tolerance(atol, rtol)
-    session = _session_options(provider, threads)
+    session = _runtime_configs(providers or provider, optimization, threads)
     if source is None:
         if inputs or data or framework or weights:
             raise click.UsageError("--input, --data, --framework and --weights need --source")

@@ -61,6 +61,8 @@ class OutputComparison:
     min_passing_atol: float | None = None
     cosine_similarity: float | None = None
     reason: str | None = None
+    runtime: str = ""
+    """The runtime configuration (``cuda``, ``cpu/disabled``) when a report covers several, else empty."""
 
     def to_dict(self) -> dict[str, Any]:
         return {key: _json_number(value) for key, value in self.__dict__.items()}

@@ -37,9 +37,12 @@ def _shape(shape: list[int]) -> str:
 
 def render_text(report: ParityReport) -> str:
     """The human-readable table and a one-line verdict that says what failed and by how much."""
-    head = f"{report.model}  vs  {report.reference}   (onnxruntime, {report.provider} provider)"
+    runtimes = report.provider.replace(",", ", ")
+    head = f"{report.model}  vs  {report.reference}   (onnxruntime on {runtimes})"
+    with_runtime = any(c.runtime for c in report.comparisons)
     rows = [
         [
+            *([c.runtime] if with_runtime else []),
             c.data_set,
             c.name,
             _shape(c.shape),
@@ -63,6 +66,8 @@ def render_text(report: ParityReport) -> str:
         "cosine",
         "result",
     ]
+    if with_runtime:
+        headers.insert(0, "runtime")
     lines = [head, _table(headers, rows)]
     lines += [f"note: {note}" for note in report.notes]
     lines.append(verdict(report))
@@ -86,9 +91,10 @@ def verdict(report: ParityReport) -> str:
             f"{_tolerance_text(worst)}; largest difference {_num(worst.max_abs_diff)}"
         )
     failed = [c for c in report.comparisons if not c.passed]
+    where = f" on {worst.runtime}" if worst.runtime else ""
     return (
         f"FAIL: {len(failed)} of {len(report.comparisons)} output comparisons differ; worst: {worst.name!r} "
-        f"in data set {worst.data_set!r}: {worst.reason}"
+        f"in data set {worst.data_set!r}{where}: {worst.reason}"
     )
 
 
@@ -117,7 +123,8 @@ def to_junit_xml(report: ParityReport, suite_name: str = "convkit.verify") -> st
         ET.SubElement(props, "property", name=key, value=value)
     classname = os.path.basename(report.model)
     for c in report.comparisons:
-        case = ET.SubElement(suite, "testcase", classname=classname, name=f"{c.data_set}/{c.name}", time="0")
+        name = "/".join(part for part in (c.runtime, c.data_set, c.name) if part)
+        case = ET.SubElement(suite, "testcase", classname=classname, name=name, time="0")
         detail = (
             f"max_abs_diff={_num(c.max_abs_diff)} max_rel_diff={_num(c.max_rel_diff)} "
             f"min_passing_atol={_num(c.min_passing_atol)} ({_tolerance_text(c)})"

@@ -251,3 +251,27 @@ def test_verify_localize_puts_the_divergence_in_the_report(cnn_case, tmp_path):
     )
     assert reduced.returncode == 0, reduced.stderr
     assert run_convkit("verify", str(repro)).returncode == 1
+
+
+def test_verify_several_runtime_configurations_in_one_report(cnn_case, tmp_path):
+    report = tmp_path / "r.json"
+    result = run_convkit("verify", str(cnn_case), "--optimization", "all,disabled", "--report", str(report))
+    assert result.returncode == 0, result.stderr
+    outputs = json.loads(report.read_text())["outputs"]
+    assert [(o["runtime"], o["data_set"]) for o in outputs] == [
+        ("cpu/all", "test_data_set_0"),
+        ("cpu/all", "test_data_set_1"),
+        ("cpu/disabled", "test_data_set_0"),
+        ("cpu/disabled", "test_data_set_1"),
+    ]
+    bad = run_convkit("verify", str(cnn_case), "--providers", "cpu,tpu")
+    assert bad.returncode == 2 and "choose from auto, cpu, cuda" in bad.stderr
+
+
+def test_verify_with_cuda_in_the_list_says_when_it_is_unavailable(cnn_case):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    result = run_convkit("verify", str(cnn_case), "--providers", "cpu,cuda")
+    _assert_clean_failure(result, "CUDA execution provider is not available")
