@@ -223,6 +223,19 @@ def verify_model(
         if unknown:
             check_names([s.name for s in input_specs], model.input_names, "--input")
         data_sets = verification_data_sets(specs_from_session(session_probe.inputs, input_specs), seed)
+    return verify_native(model, frontend, native, data_sets, tolerance, options, localize)
+
+
+def verify_native(
+    model: OnnxModel,
+    frontend: Frontend,
+    native: Any,
+    data_sets: Sequence[tuple[str, Mapping[str, np.ndarray]]],
+    tolerance: Tolerance | None = None,
+    options: Runtimes = None,
+    localize: str | None = None,
+) -> ParityReport:
+    """Compare onnxruntime with an already loaded framework model on labelled data sets."""
     reference = f"{frontend.name} {frontend.versions().get(frontend.name, '')}".strip()
     checks = [
         (label, feeds, _outputs_by_name(frontend.run(native, feeds), model.output_names, frontend))
@@ -286,7 +299,7 @@ def export_model(
     export_options: ExportOptions | None = None,
     test_data: bool = True,
     tolerance: Tolerance | None = None,
-    options: SessionOptions | None = None,
+    options: Runtimes = None,
     seed: int = DEFAULT_SEED,
 ) -> ExportSummary:
     """Export ``source`` to ONNX at ``output``, check parity on the example inputs, write the evidence.
@@ -304,14 +317,43 @@ def export_model(
     specs = _export_specs(frontend, native, input_specs, feeds, static)
     example = dict(feeds) if feeds is not None else random_inputs(specs, EXPORT_SYMBOLIC_SIZE, seed)
     example = {spec.name: example[spec.name] for spec in specs}
+    return export_native(
+        frontend,
+        native,
+        specs,
+        example,
+        output,
+        source,
+        export_options,
+        test_data,
+        tolerance,
+        options,
+        seed if feeds is None else None,
+    )
+
+
+def export_native(
+    frontend: Frontend,
+    native: Any,
+    specs: Sequence[InputSpec],
+    example: Mapping[str, np.ndarray],
+    output: str | os.PathLike[str],
+    source: str,
+    export_options: ExportOptions | None = None,
+    test_data: bool = True,
+    tolerance: Tolerance | None = None,
+    options: Runtimes = None,
+    seed: int | None = None,
+) -> ExportSummary:
+    """Export an already loaded framework model (see ``export_model``); ``source`` is recorded as given."""
+    output = Path(output)
     reference = frontend.run(native, example)
     with atomic_path(output, suffix=".onnx") as tmp:
         result = frontend.export(native, specs, example, tmp, export_options or ExportOptions())
         model = load_onnx(tmp)
         expected = _outputs_by_name(reference, model.output_names, frontend)
-        report = _check(
-            model, frontend.name, [("export example", example, expected)], tolerance, options, None
-        )
+        checks = [("export example", example, expected)]
+        report = _check(model, frontend.name, checks, tolerance, options, None)
         report.model = str(output)
         report.notes.extend(result.notes)
     test_dir = write_test_data_set(output.parent, example, expected) if test_data else None
@@ -325,9 +367,9 @@ def export_model(
             "inputs": [spec.to_dict() for spec in specs],
             "outputs": [{"name": name, "dtype": np.asarray(v).dtype.name} for name, v in expected.items()],
             "test_data": test_dir.name if test_dir else None,
-            "seed": seed if feeds is None else None,
+            "seed": seed,
             "notes": result.notes,
             "versions": frontend.versions(),
         },
     )
-    return ExportSummary(output, manifest, test_dir, frontend.name, result, specs, report)
+    return ExportSummary(output, manifest, test_dir, frontend.name, result, list(specs), report)
