@@ -450,6 +450,70 @@ def reduce(model: str, data: str, output: str, oracle: str, atol: float | None, 
 
 
 @cli.command()
+@click.option("--framework", "-f", required=True, help="whose training loop: torch, tensorflow (keras).")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--output", "-o", required=True, type=click.Path(), help="canonical weights to write (.npz).")
+def train(framework: str, epochs: int, seed: int, output: str) -> None:
+    """Train the reference CNN on the bundled digits with FRAMEWORK's own training loop.
+
+    Saves canonical weights that every framework loads (convkit matrix --weights OUTPUT).
+    """
+    from convkit.training import train as train_reference
+
+    with click.progressbar(length=epochs, label=f"training ({framework})", file=sys.stderr) as bar:
+
+        def advance(epoch: int, total: int, metrics: dict[str, float]) -> None:
+            bar.label = f"training ({framework}) " + " ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+            bar.update(1)
+
+        result = train_reference(framework, output, epochs, seed, advance)
+    click.echo(
+        f"{result.framework}: {result.epochs} epochs in {result.seconds:.1f} s, "
+        f"test accuracy {result.test_accuracy:.4f}; wrote {output}"
+    )
+
+
+@cli.command()
+@click.option(
+    "--frameworks", default=None, metavar="LIST", help="comma-separated (default: every front end)."
+)
+@click.option("--weights", type=click.Path(), default=None, help="canonical weights (default: bundled).")
+@click.option("--out-dir", default="convkit-matrix", show_default=True, type=click.Path())
+@_tolerance_options
+@click.option("--json", "json_path", type=click.Path(), default=None, help="write the matrix as JSON.")
+@click.option("--junit", type=click.Path(), default=None, help="write a JUnit XML report.")
+def matrix(
+    frameworks: str | None,
+    weights: str | None,
+    out_dir: str,
+    atol: float | None,
+    rtol: float | None,
+    json_path: str | None,
+    junit: str | None,
+) -> None:
+    """The reference CNN in every framework: export, verify each against itself, compare all pairs."""
+    from convkit.artifacts import write_text_atomic
+    from convkit.matrix import render_matrix, run_matrix, to_junit_xml
+
+    names = [part.strip() for part in frameworks.split(",") if part.strip()] if frameworks else None
+    result = run_matrix(
+        names,
+        weights,
+        out_dir,
+        _tolerance(atol, rtol),
+        _session_options("cpu", None),
+        progress=lambda name: click.echo(f"matrix: {name} ...", err=True),
+    )
+    if json_path:
+        write_text_atomic(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
+    if junit:
+        write_text_atomic(junit, to_junit_xml(result))
+    click.echo(render_matrix(result))
+    sys.exit(EXIT_OK if result.passed else EXIT_PARITY_FAILED)
+
+
+@cli.command()
 @click.option(
     "--out-dir", default="convkit-demo", show_default=True, type=click.Path(), help="where to write exports."
 )

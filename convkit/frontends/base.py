@@ -6,7 +6,7 @@ that (the runtime, the comparison, reports, artifacts, the CLI) is shared.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -95,4 +95,36 @@ class Frontend(Protocol):
 
     def run(self, model: Any, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Run the model natively (inference mode, no gradients); outputs flattened in order."""
+        ...
+
+
+class ReferenceCNNFrontend(Frontend, Protocol):
+    """A front end that can build and train the founding document's reference CNN (``convkit matrix``,
+    ``convkit train``). Optional: the core checks for these attributes with ``getattr``."""
+
+    reference_layout: str
+    """``NCHW`` or ``NHWC``: the layout of the model's input ``x``."""
+
+    def reference_cnn(self, weights: Mapping[str, np.ndarray]) -> Any:
+        """The reference CNN in inference mode, carrying canonical weights (see ``convkit.reference_cnn``)."""
+        ...
+
+    def train_reference_cnn(
+        self,
+        data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+        epochs: int,
+        seed: int,
+        progress: Callable[[int, int, dict[str, float]], None],
+    ) -> dict[str, np.ndarray]:
+        """Train from scratch in the framework's own idiom on ``(x_train, y_train, x_test, y_test)`` (NCHW
+        images, int labels); call ``progress(epoch, epochs, metrics)`` after each epoch; return canonical
+        weights."""
+        ...
+
+
+class BenchmarkFrontend(Frontend, Protocol):
+    """A front end that offers its own runners to ``convkit bench``. Optional, like the above."""
+
+    def benchmark_runners(self, model: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, Callable[[], Any]]:
+        """Zero-argument calls running the model natively, by contender name (``torch eager`` ...)."""
         ...
