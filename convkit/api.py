@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 
 from convkit.artifacts import (
-    atomic_path,
     list_test_data_sets,
     load_arrays,
+    move_into,
     read_test_data_set,
+    staging_dir,
     write_test_data_set,
 )
 from convkit.compare import ParityReport, Tolerance, compare_outputs
@@ -112,6 +113,7 @@ def _check(
     tolerance: Tolerance | None,
     runtimes: Runtimes,
     localize: str | None,
+    framework: tuple[Frontend, Any] | None = None,
 ) -> ParityReport:
     """Run each (label, inputs, expected outputs) on every runtime configuration and compare.
 
@@ -140,7 +142,8 @@ def _check(
                 comparison.runtime = label if len(sessions) > 1 else ""
                 report.comparisons.append(comparison)
     if localize:
-        _localize_into(report, model, {label: inputs for label, inputs, _ in checks}, localize, tol)
+        feeds = {label: inputs for label, inputs, _ in checks}
+        _localize_into(report, model, feeds, localize, tol, framework)
     return report
 
 
@@ -150,14 +153,26 @@ def _localize_into(
     data_sets: Mapping[str, Mapping[str, np.ndarray]],
     oracle: str,
     tol: Tolerance,
+    framework: tuple[Frontend, Any] | None = None,
 ) -> None:
-    """Run localization on the first failing data set (else the first) and attach it to ``report``."""
-    from convkit.localize import localize
+    """Run localization on the first failing data set (else the first) and attach it to ``report``.
+
+    ``oracle`` ``auto`` means the framework's own layers when there is a framework model, else onnx's
+    reference implementation.
+    """
+    from convkit.localize import localize, localize_against_framework
 
     failing = [c.data_set for c in report.comparisons if not c.passed]
     label = failing[0] if failing else next(iter(data_sets))
-    reference: str | OnnxModel = oracle if oracle in ("reference", "unoptimized") else load_onnx(oracle)
-    found = localize(model, data_sets[label], reference, tol)
+    if oracle == "auto":
+        oracle = "framework" if framework is not None else "reference"
+    if oracle == "framework":
+        if framework is None:
+            raise InputFileError("--localize framework needs --source", "or use reference / unoptimized")
+        found = localize_against_framework(model, framework[0], framework[1], data_sets[label], tol)
+    else:
+        reference: str | OnnxModel = oracle if oracle in ("reference", "unoptimized") else load_onnx(oracle)
+        found = localize(model, data_sets[label], reference, tol)
     found.notes.append(f"on data set {label}")
     report.localization = found.to_dict()
     report.notes.append(found.describe())
@@ -241,7 +256,7 @@ def verify_native(
         (label, feeds, _outputs_by_name(frontend.run(native, feeds), model.output_names, frontend))
         for label, feeds in data_sets
     ]
-    return _check(model, reference, checks, tolerance, options, localize)
+    return _check(model, reference, checks, tolerance, options, localize, (frontend, native))
 
 
 @dataclass
@@ -348,14 +363,19 @@ def export_native(
     """Export an already loaded framework model (see ``export_model``); ``source`` is recorded as given."""
     output = Path(output)
     reference = frontend.run(native, example)
-    with atomic_path(output, suffix=".onnx") as tmp:
-        result = frontend.export(native, specs, example, tmp, export_options or ExportOptions())
-        model = load_onnx(tmp)
+    with staging_dir(output.parent) as staging:
+        # NOTE: why a staging folder under the final name: an exporter may write external data beside the
+        # model (``model.onnx.data``) and records that file name inside the model; exporting under the final
+        # name and moving every file into place keeps the reference valid and nothing half-written visible.
+        staged = staging / output.name
+        result = frontend.export(native, specs, example, staged, export_options or ExportOptions())
+        model = load_onnx(staged)
         expected = _outputs_by_name(reference, model.output_names, frontend)
         checks = [("export example", example, expected)]
         report = _check(model, frontend.name, checks, tolerance, options, None)
         report.model = str(output)
         report.notes.extend(result.notes)
+        move_into(staging, output.parent, last=output.name)
     test_dir = write_test_data_set(output.parent, example, expected) if test_data else None
     manifest = write_manifest(
         output,

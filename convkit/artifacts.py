@@ -93,6 +93,27 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def staging_dir(parent: str | os.PathLike[str]) -> Iterator[Path]:
+    """A hidden temporary folder inside ``parent`` (same file system), removed with whatever is left in it."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convkit-staging.", dir=parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def move_into(staging: Path, target_dir: Path, last: str) -> None:
+    """Move every file of ``staging`` into ``target_dir`` (each by an atomic rename), ``last`` at the end so
+    that it never appears before the files it refers to."""
+    names = sorted(p.name for p in staging.iterdir() if p.is_file())
+    for name in [n for n in names if n != last] + [last]:
+        os.chmod(staging / name, _FILE_MODE)
+        os.replace(staging / name, target_dir / name)
+
+
 def save_npz_atomic(target: str | os.PathLike[str], arrays: Mapping[str, Any]) -> None:
     """Save named arrays as an uncompressed ``.npz``, atomically."""
     buffer = io.BytesIO()

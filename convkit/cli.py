@@ -166,10 +166,11 @@ localize_option = click.option(
     "--localize",
     "localize",
     is_flag=False,
-    flag_value="reference",
+    flag_value="auto",
     default=None,
     metavar="[ORACLE]",
-    help="find the first diverging node: against onnx's reference implementation (default), 'unoptimized' "
+    help="find the first diverging node: against the framework's own layers ('framework', the default with "
+    "--source), onnx's reference implementation ('reference', the default without), 'unoptimized' "
     "onnxruntime, or a reference model's path.",
 )
 

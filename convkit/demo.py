@@ -19,7 +19,9 @@ from convkit.runtime import SessionOptions
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 # front end -> (factory source under fixtures/models, input spec)
-DEMO_EXPORTS: dict[str, tuple[str, str]] = {}
+DEMO_EXPORTS: dict[str, tuple[str, str]] = {
+    "tensorflow": ("models/keras_models.py:reference_cnn", "x:batch,28,28,1"),
+}
 
 
 @dataclass

@@ -85,6 +85,12 @@ class Localization:
                 "onnxruntime computes what the graph says, so differences come from the graph or weights"
             )
         d = self.first
+        if self.oracle.endswith(" layers"):
+            return (
+                f"first divergence against the {self.oracle}: layer {d.source!r} (ONNX value {d.output!r}, "
+                f"node {d.node!r}, {d.op_type}) differs by {_fmt(d.comparison.max_abs_diff)}; "
+                "every layer before it agrees"
+            )
         where = f" (from {d.source})" if d.source else ""
         return (
             f"first divergence against the {self.oracle}: node {d.node!r} ({d.op_type}){where}: output "
@@ -220,4 +226,45 @@ def localize(
                     )
         if result.first is not None:
             break
+    return result
+
+
+def localize_against_framework(
+    model: OnnxModel,
+    frontend: Any,
+    native: Any,
+    feeds: Mapping[str, np.ndarray],
+    tolerance: Tolerance | None = None,
+    chunk: int = DEFAULT_CHUNK,
+) -> Localization:
+    """Name the first framework layer (module) whose ONNX counterpart diverges from the framework's own
+    activation, using the front end's ``layer_outputs`` pairing (see ``frontends.base.LayerOutputsFrontend``).
+    """
+    pairing = getattr(frontend, "layer_outputs", None)
+    result = Localization(oracle=f"{frontend.name} layers")
+    if pairing is None:
+        result.notes.append(f"the {frontend.name} front end cannot pair its layers with ONNX values")
+        return result
+    layers = [p for p in pairing(native, model.proto, feeds) if p.onnx_value in value_names(model.proto)]
+    producer = {out: (i, node) for i, node in enumerate(model.proto.graph.node) for out in node.output}
+    actual = onnxruntime_evaluator(model.proto)
+    for start in range(0, len(layers), chunk):
+        group = layers[start : start + chunk]
+        values = actual([p.onnx_value for p in group], feeds)
+        for pair, got in zip(group, values, strict=True):
+            comparison = compare_arrays(pair.onnx_value, pair.value, got, tolerance)
+            result.checked_values += 1
+            if comparison.passed:
+                continue
+            index, node = producer.get(pair.onnx_value, (-1, None))
+            result.first = Divergence(
+                node=node_label(model.proto, index) if node is not None else pair.onnx_value,
+                op_type=node.op_type if node is not None else "input",
+                inputs=[i for i in node.input if i] if node is not None else [],
+                output=pair.onnx_value,
+                comparison=comparison,
+                inputs_max_abs_diff=0.0,
+                source=pair.layer,
+            )
+            return result
     return result

@@ -72,6 +72,9 @@ def resolve_source(source: str, framework: str | None) -> tuple[Frontend, Any]:
 
     wanted = canonical_name(framework) if framework is not None else None
     if is_factory_source(source):
+        # NOTE: why the front end first: it sets its framework up quietly (TensorFlow prints at import)
+        # before the user's factory imports the framework itself.
+        chosen = get_frontend(wanted) if wanted is not None else None
         preloaded = load_factory(source)
         found = framework_of(preloaded)
         if wanted is None:
@@ -86,7 +89,8 @@ def resolve_source(source: str, framework: str | None) -> tuple[Frontend, Any]:
                 f"{source} made a {found} model ({type(preloaded).__name__}), not a {wanted} one",
                 f"use --framework {found}",
             )
-        return get_frontend(wanted), preloaded
+        assert chosen is not None
+        return chosen, preloaded
     if wanted is not None:
         return get_frontend(wanted), None
     path = Path(source)

@@ -128,3 +128,28 @@ class BenchmarkFrontend(Frontend, Protocol):
     def benchmark_runners(self, model: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, Callable[[], Any]]:
         """Zero-argument calls running the model natively, by contender name (``torch eager`` ...)."""
         ...
+
+
+@dataclass
+class LayerOutput:
+    """One framework module's or layer's activation, paired with the ONNX value that should equal it."""
+
+    layer: str
+    """The module path (``encoder.layers.0.attn``) or Keras layer name."""
+    onnx_value: str
+    """The name of the ONNX graph value holding the same tensor (same layout)."""
+    value: np.ndarray
+    """The framework's own activation, converted to that value's layout."""
+
+
+class LayerOutputsFrontend(Frontend, Protocol):
+    """A front end that can pair its layers with ONNX values, for ``verify --localize`` against the framework.
+    Optional, like the above."""
+
+    def layer_outputs(
+        self, model: Any, onnx_model: Any, inputs: Mapping[str, np.ndarray]
+    ) -> list[LayerOutput]:
+        """The framework's activations for ``inputs``, in execution order, each paired with the ONNX value
+        (of ``onnx_model``, an ``onnx.ModelProto`` exported from ``model``) that computes the same tensor.
+        Layers without a clear ONNX counterpart are left out."""
+        ...
