@@ -1,7 +1,8 @@
 """Write fixtures/digits/digits.npz: the UCI optical handwritten digits (8x8, 0..16, 1797 images) as bundled
 with scikit-learn, so training needs neither scikit-learn nor a download.
 
-    python -m venv /tmp/skl && /tmp/skl/bin/pip install scikit-learn && /tmp/skl/bin/python scripts/make_digits.py
+    python -m venv /tmp/skl && /tmp/skl/bin/pip install scikit-learn
+    /tmp/skl/bin/python scripts/make_digits.py
 
 Source: E. Alpaydin and C. Kaynak, UCI Machine Learning Repository, "Optical Recognition of Handwritten
 Digits" (CC BY 4.0), https://archive.ics.uci.edu/dataset/80.
