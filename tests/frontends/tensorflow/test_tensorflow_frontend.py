@@ -6,7 +6,9 @@ Every export is checked the way convkit checks it: onnxruntime against Keras at 
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from convkit.frontends import ExportOptions, LoadOptions, resolve_source  # noqa
 from convkit.frontends import tensorflow as tf_frontend  # noqa: E402
 from convkit.inputs import InputSpec, make_static, random_inputs, verification_data_sets  # noqa: E402
 from convkit.onnx_model import load_onnx  # noqa: E402
+from convkit.reference_cnn import SHAPES, load_digits, load_weights  # noqa: E402
 from convkit.runtime import RuntimeSession  # noqa: E402
 from convkit.sources import load_factory  # noqa: E402
 
@@ -391,3 +394,221 @@ def test_cli_export_then_verify_as_a_user_does(tmp_path):
     onnx.save(proto, tampered / "model.onnx")
     failed = convkit("verify", str(tampered / "model.onnx"), "--source", source, "--framework", "keras")
     assert failed.returncode == 1, failed.stdout + failed.stderr
+
+
+# ------------------------------------------------------------ reference CNN, training, bench, layers
+
+
+def run_convkit(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """``python -m convkit ARGS`` in a fresh process, from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "convkit", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_reference_cnn_from_canonical_weights_computes_the_testcase(frontend):
+    """The front end's reference CNN (what `convkit matrix` and `convkit train` use) with the canonical
+    weights gives the stored outputs of fixtures/testcases/reference_cnn on the same images in NHWC."""
+    assert frontend.reference_layout == "NHWC"
+    model = frontend.reference_cnn(load_weights())
+    assert frontend.input_names(model) == ["x"]
+    assert [spec.dims for spec in frontend.input_specs(model)] == [["batch", 28, 28, 1]]
+    assert tf_frontend._keras_output_names(model) == ["probs"]
+    case = ROOT / "fixtures" / "testcases" / "reference_cnn"
+    folders = list_test_data_sets(case)
+    assert folders
+    for folder in folders:
+        inputs, outputs = read_test_data_set(folder, ["x"], ["probs"])
+        (probs,) = frontend.run(model, {"x": inputs["x"].transpose(0, 2, 3, 1)})
+        np.testing.assert_allclose(probs, outputs["probs"], atol=ATOL, rtol=RTOL)
+
+
+def test_training_on_a_subset_is_sane_and_seeded(frontend):
+    """Two epochs on 400 digits: progress each epoch, canonical shapes, better than chance, reproducible."""
+    x_train, y_train, x_test, y_test = load_digits()
+    data = (x_train[:400], y_train[:400], x_test[:200], y_test[:200])
+    seen: list[tuple[int, int, dict[str, float]]] = []
+    weights = frontend.train_reference_cnn(data, 2, 7, lambda e, n, m: seen.append((e, n, m)))
+    assert [(e, n) for e, n, _ in seen] == [(1, 2), (2, 2)]
+    assert all(set(m) == {"loss", "accuracy", "val_accuracy"} for _, _, m in seen)
+    assert seen[-1][2]["loss"] < seen[0][2]["loss"]
+    assert {name: w.shape for name, w in weights.items()} == SHAPES
+    assert all(w.dtype == np.float32 for w in weights.values())
+    probs = frontend.run(
+        frontend.reference_cnn(weights), {"x": np.ascontiguousarray(x_test.transpose(0, 2, 3, 1))}
+    )
+    accuracy = float((probs[0].argmax(-1) == y_test).mean())
+    assert accuracy > 0.3, accuracy  # chance is 0.1
+    again = frontend.train_reference_cnn(data, 2, 7, lambda *_: None)
+    for name in SHAPES:
+        np.testing.assert_array_equal(again[name], weights[name])
+    print(f"2 epochs on 400 digits: test accuracy {accuracy:.3f}")
+
+
+def test_benchmark_runners_compute_the_model(frontend):
+    model = factory(frontend, "two_input_functional")
+    feeds = random_inputs(frontend.input_specs(model), 4)
+    runners = frontend.benchmark_runners(model, feeds)
+    assert list(runners) == ["keras eager", "keras tf.function"]
+    expected = frontend.run(model, feeds)
+    for name, run in runners.items():
+        got = run()
+        assert len(got) == len(expected), name
+        for a, b in zip(got, expected, strict=True):
+            assert isinstance(a, np.ndarray)
+            np.testing.assert_allclose(a, b, atol=ATOL, rtol=RTOL, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def reference_export(frontend, tmp_path_factory):
+    """The reference CNN exported once; (model, path)."""
+    model = factory(frontend, "reference_cnn")
+    path = tmp_path_factory.mktemp("reference") / "model.onnx"
+    specs = frontend.input_specs(model)
+    frontend.export(model, specs, random_inputs(specs), path, ExportOptions())
+    return model, path
+
+
+REFERENCE_LAYERS = {
+    "conv1": (32, 26, 26),
+    "pool1": (32, 13, 13),
+    "conv2": (64, 11, 11),
+    "pool2": (64, 5, 5),
+    "flatten": (1600,),
+    "fc1": (128,),
+    "probs": (10,),
+}
+
+
+def test_layer_outputs_pair_every_computing_layer(frontend, reference_export):
+    """Every layer but the input and the inference-time Dropout, in order; convolution outputs are paired
+    with tf2onnx's channels-first values (activations transposed to match), and each equals onnxruntime's."""
+    model, path = reference_export
+    proto = onnx.load(path)
+    feeds = random_inputs(frontend.input_specs(model), 2)
+    pairs = frontend.layer_outputs(model, proto, feeds)
+    assert {p.layer: p.value.shape[1:] for p in pairs} == REFERENCE_LAYERS
+    assert [p.layer for p in pairs] == list(REFERENCE_LAYERS)
+    assert all(f"/{p.layer}" in p.onnx_value or p.onnx_value == "probs" for p in pairs)
+    from convkit.localize import onnxruntime_evaluator
+
+    values = onnxruntime_evaluator(proto)([p.onnx_value for p in pairs], feeds)
+    for pair, value in zip(pairs, values, strict=True):
+        assert compare_arrays(pair.onnx_value, pair.value, value).passed, pair.layer
+
+
+def test_layer_outputs_without_a_fresh_export_pair_by_shape(frontend, reference_export, monkeypatch):
+    model, path = reference_export
+    feeds = random_inputs(frontend.input_specs(model), 2)
+    checked = frontend.layer_outputs(model, onnx.load(path), feeds)
+    monkeypatch.setattr(tf_frontend.TensorFlowFrontend, "_fresh_export", lambda *args: None)
+    by_shape = frontend.layer_outputs(model, onnx.load(path), feeds)
+    assert [(p.layer, p.onnx_value) for p in by_shape] == [(p.layer, p.onnx_value) for p in checked]
+
+
+def test_layer_outputs_drop_pairings_a_faithful_export_does_not_reproduce(
+    frontend, reference_export, monkeypatch
+):
+    """A value in a layer's scope that a faithful export computes differently from the layer (here: the last
+    layer's bias changed in the "fresh" export) is not that layer's output, and is left out."""
+    model, path = reference_export
+    fresh = onnx.load(path)
+    bias = next(t for t in fresh.graph.initializer if tuple(t.dims) == (10,))
+    # NOTE: why not one constant: softmax is blind to a shift common to all logits
+    changed = numpy_helper.to_array(bias) + np.linspace(0, 1, 10, dtype=np.float32)
+    bias.CopyFrom(numpy_helper.from_array(changed, bias.name))
+    monkeypatch.setattr(tf_frontend.TensorFlowFrontend, "_fresh_export", lambda *args: fresh)
+    pairs = frontend.layer_outputs(model, onnx.load(path), random_inputs(frontend.input_specs(model), 2))
+    assert [p.layer for p in pairs] == list(REFERENCE_LAYERS)[:-1]
+
+
+def test_name_scopes_resolve_to_layers():
+    """TensorFlow makes each layer's scope unique (``conv2_1``); a suffixed match wins over an exact one."""
+    names = ["dense", "dense_1", "conv2", "relu"]
+    assert tf_frontend._scope_of("conv2_1", names) == "conv2"
+    assert tf_frontend._scope_of("conv2", names) == "conv2"
+    assert tf_frontend._scope_of("dense_1", names) == "dense"
+    assert tf_frontend._scope_of("dense_1_1", names) == "dense_1"
+    assert tf_frontend._scope_of("Relu", names) is None
+    assert tf_frontend._scope_of("conv2_x", names) is None
+
+
+def test_layer_outputs_of_models_without_layers_are_empty(frontend):
+    model = factory(frontend, "subclassed_model")
+    assert frontend.layer_outputs(model, onnx.ModelProto(), {"x": np.zeros((2, 6), np.float32)}) == []
+
+
+def test_healthy_mobilenet_localizes_to_nothing(frontend, tmp_path):
+    """tf2onnx folds each BatchNormalization into the Conv before it (the Conv then carries the
+    BatchNormalization's name): no pairing may make a faithful export look wrong."""
+    from convkit.localize import localize_against_framework
+
+    model = factory(frontend, "tiny_mobilenet")
+    specs = frontend.input_specs(model)
+    frontend.export(model, specs, random_inputs(specs), tmp_path / "m.onnx", ExportOptions())
+    found = localize_against_framework(
+        load_onnx(tmp_path / "m.onnx"), frontend, model, random_inputs(specs, 2)
+    )
+    assert found.first is None, found.describe()
+    assert found.checked_values > 50
+
+
+@pytest.mark.parametrize(
+    ("fault", "layer"), [("conv2 bias", "conv2"), ("fc1 LeakyRelu", "fc1")], ids=["conv2-bias", "fc1-leaky"]
+)
+def test_cli_localize_names_the_faulty_layer(reference_export, tmp_path, fault, layer):
+    """A fault planted in the exported file is found by `convkit verify --localize` against Keras' own
+    layers, in a fresh process, and named by its Keras layer."""
+    _, path = reference_export
+    proto = onnx.load(path)
+    if fault == "conv2 bias":
+        conv = next(n for n in proto.graph.node if n.op_type == "Conv" and "/conv2" in n.name)
+        bias = next(t for t in proto.graph.initializer if t.name == conv.input[2])
+        bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 0.5, bias.name))
+    else:
+        relu = next(n for n in proto.graph.node if n.op_type == "Relu" and "/fc1" in n.name)
+        relu.op_type = "LeakyRelu"
+        relu.attribute.append(onnx.helper.make_attribute("alpha", 0.2))
+    faulty = tmp_path / "faulty.onnx"
+    onnx.save(proto, faulty)
+    report = tmp_path / "r.json"
+    source = f"{MODELS.relative_to(ROOT)}:reference_cnn"
+    done = run_convkit(
+        "verify",
+        str(faulty),
+        "--source",
+        source,
+        "--framework",
+        "keras",
+        "--localize",
+        "--report",
+        str(report),
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    found = json.loads(report.read_text())["localization"]
+    assert found["oracle"] == "tensorflow layers"
+    assert found["first_divergence"]["source"] == layer, found
+    assert f"layer '{layer}'" in done.stdout
+
+
+def test_cli_matrix_passes_for_tensorflow(tmp_path):
+    done = run_convkit(
+        "matrix", "--frameworks", "tensorflow", "--json", str(tmp_path / "m.json"), "--out-dir", str(tmp_path)
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {row["framework"]: row for row in json.loads((tmp_path / "m.json").read_text())["frameworks"]}
+    assert rows["tensorflow"]["status"] == "pass", rows
+    assert (tmp_path / "tensorflow" / "model.onnx").is_file()
+
+
+def test_cli_train_then_matrix_with_the_trained_weights(tmp_path):
+    weights = tmp_path / "w.npz"
+    trained = run_convkit("train", "--framework", "keras", "--epochs", "1", "-o", str(weights))
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    assert "test accuracy" in trained.stdout
+    assert {name: w.shape for name, w in load_weights(weights).items()} == SHAPES
+    matrix = run_convkit(
+        "matrix", "--frameworks", "tensorflow", "--weights", str(weights), "--out-dir", str(tmp_path / "mx")
+    )
+    assert matrix.returncode == 0, matrix.stdout + matrix.stderr
+    assert "PASS" in matrix.stdout
