@@ -1,7 +1,7 @@
 """``convkit bench``: onnxruntime against the native framework, interleaved in one process.
 
-Each round runs every contender once, in a rotating order, so a burst of load from elsewhere on the machine
-hits all of them alike; medians and percentiles come from those per-call times.
+Each round runs every contender for a short block of calls, in a rotating order, so a burst of load from
+elsewhere on the machine hits all of them alike; medians and percentiles come from the per-call times.
 """
 
 from __future__ import annotations
@@ -78,11 +78,18 @@ def interleave(
     min_seconds: float = 1.0,
     max_calls: int = 2000,
     progress: Callable[[int], None] | None = None,
+    block_seconds: float = 0.05,
 ) -> dict[str, list[float]]:
-    """Time every runner, one call each per round in rotating order, after ``warmup`` rounds.
+    """Time every runner in rounds: each round gives each runner, in rotating order, a short block of
+    calls (``block_seconds``, at least one call) after one untimed call.
 
-    Stops when each has at least ``min_calls`` calls and ``min_seconds`` have passed (or at ``max_calls``).
-    Returns per-call seconds.
+    Stops when each runner has at least ``min_calls`` timed calls and ``min_seconds`` have passed, or after
+    ``max_calls`` rounds. Returns per-call seconds.
+
+    NOTE: why blocks, and the untimed call at each switch: runtimes keep their worker threads spinning for
+    a while after a call (onnxruntime, OpenMP in PyTorch, Eigen in TensorFlow); measured here, strictly
+    alternating single calls made torch eager 2.3x slower at batch 64 behind a spinning onnxruntime. Blocks
+    a few dozen milliseconds long still spread a burst of load from elsewhere over every contender.
     """
     names = list(runners)
     for _ in range(warmup):
@@ -94,13 +101,21 @@ def interleave(
     while rounds < max_calls:
         order = names[rounds % len(names) :] + names[: rounds % len(names)]
         for name in order:
-            t0 = time.perf_counter()
-            runners[name]()
-            times[name].append(time.perf_counter() - t0)
+            run, recorded = runners[name], times[name]
+            run()
+            block_end = time.perf_counter() + block_seconds
+            while True:
+                t0 = time.perf_counter()
+                run()
+                t1 = time.perf_counter()
+                recorded.append(t1 - t0)
+                if t1 >= block_end:
+                    break
         rounds += 1
         if progress:
             progress(1)
-        if rounds >= min_calls and time.perf_counter() - start >= min_seconds:
+        enough = min(len(v) for v in times.values()) >= min_calls
+        if enough and time.perf_counter() - start >= min_seconds:
             break
     return times
 

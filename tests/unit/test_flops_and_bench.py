@@ -47,9 +47,19 @@ def test_interleave_times_every_runner_alike():
 
         return run
 
-    times = interleave({"a": runner("a"), "b": runner("b")}, warmup=2, min_calls=10, min_seconds=0.0)
+    times = interleave(
+        {"a": runner("a"), "b": runner("b")}, warmup=2, min_calls=10, min_seconds=0.0, block_seconds=0.0
+    )
+    # one timed call per block, one untimed call at each switch, two warm-up calls
     assert len(times["a"]) == len(times["b"]) >= 10
-    assert calls["a"] == calls["b"] == len(times["a"]) + 2
+    assert calls["a"] == calls["b"] == 2 * len(times["a"]) + 2
+
+
+def test_interleave_blocks_last_about_block_seconds():
+    times = interleave(
+        {"a": lambda: None, "b": lambda: None}, min_calls=1, min_seconds=0.0, block_seconds=0.01
+    )
+    assert len(times["a"]) > 10 and len(times["b"]) > 10
 
 
 def test_nominal_peak_is_derived_from_the_cpu():
