@@ -471,17 +471,11 @@ class TensorFlowFrontend:
     reference_layout = "NHWC"
 
     def reference_cnn(self, weights: Mapping[str, np.ndarray]) -> Any:
-        """The reference CNN as a functional Keras model carrying canonical ``weights``.
+        """The reference CNN as a functional Keras model carrying canonical ``weights`` (see
+        ``convkit.frontends.tensorflow_reference``)."""
+        from convkit.frontends.tensorflow_reference import reference_cnn
 
-        Input ``x`` of shape ``(batch, 28, 28, 1)``, output ``probs`` of shape ``(batch, 10)``; the weights
-        (PyTorch layout, see ``convkit.reference_cnn``) are converted with ``to_channels_last``.
-        """
-        from convkit.reference_cnn import to_channels_last
-
-        _, keras = _import_tf()
-        model = _reference_cnn_layers(keras)
-        _set_reference_weights(model, to_channels_last(dict(weights)))
-        return model
+        return reference_cnn(weights)
 
     def train_reference_cnn(
         self,
@@ -490,53 +484,11 @@ class TensorFlowFrontend:
         seed: int,
         progress: Callable[[int, int, dict[str, float]], None],
     ) -> dict[str, np.ndarray]:
-        """Train the reference CNN from scratch with Keras' own ``compile``/``fit``.
+        """Train the reference CNN with Keras' own ``compile``/``fit``; returns canonical weights (see
+        ``convkit.frontends.tensorflow_reference``)."""
+        from convkit.frontends.tensorflow_reference import train_reference_cnn
 
-        Adam (Keras' default learning rate), sparse categorical cross-entropy, batches of
-        ``TRAIN_BATCH_SIZE``; the held-out split is the validation data, so each epoch reports
-        ``loss``, ``accuracy`` and ``val_accuracy`` through ``progress``. Seeded with
-        ``keras.utils.set_random_seed(seed)`` (initial weights, shuffling, dropout).
-
-        Returns:
-            Canonical weights (PyTorch layout), converted with ``from_channels_last``.
-        """
-        from convkit.reference_cnn import from_channels_last
-
-        _, keras = _import_tf()
-        x_train, y_train, x_test, y_test = data
-        keras.utils.set_random_seed(seed)
-        model = _reference_cnn_layers(keras)
-        model.compile(
-            optimizer=keras.optimizers.Adam(),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-
-        callback: Any = keras.callbacks.Callback
-
-        class Report(callback):
-            """Hands each epoch's metrics to ``progress`` (1-based epoch)."""
-
-            def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-                logs = logs or {}
-                metrics: dict[str, float] = {
-                    key: float(logs[key]) for key in ("loss", "accuracy", "val_accuracy") if key in logs
-                }
-                progress(epoch + 1, epochs, metrics)
-
-        # NOTE: why no _Capture around fit: it would swallow what ``progress`` prints (the CLI's progress bar
-        # writes to stderr); verbose=0 keeps Keras itself quiet.
-        model.fit(
-            _nhwc(x_train),
-            np.asarray(y_train, np.int64),
-            batch_size=TRAIN_BATCH_SIZE,
-            epochs=epochs,
-            validation_data=(_nhwc(x_test), np.asarray(y_test, np.int64)),
-            shuffle=True,
-            verbose=0,
-            callbacks=[Report()],
-        )
-        return from_channels_last(_get_reference_weights(model))
+        return train_reference_cnn(data, epochs, seed, progress)
 
     # ------------------------------------------------------------------ benchmark (convkit bench)
 
@@ -586,82 +538,11 @@ class TensorFlowFrontend:
     def layer_outputs(
         self, model: Any, onnx_model: Any, inputs: Mapping[str, np.ndarray]
     ) -> list[LayerOutput]:
-        """Each layer's activation of a functional or Sequential Keras model, paired with the ONNX value of
-        ``onnx_model`` (exported by :meth:`export`) that holds the same tensor.
+        """Each Keras layer's activation paired with the ONNX value holding the same tensor (see
+        ``convkit.frontends.tensorflow_layers``)."""
+        from convkit.frontends.tensorflow_layers import layer_outputs
 
-        tf2onnx names nodes after the TensorFlow ops, so a node's name carries its layer's name scope
-        (``model_1/conv2_1/Relu``). For each layer the candidates are the values computed in its scope, the
-        ones read outside it (its outputs) first, the last computed first; the activation is matched in the
-        candidate's layout (tf2onnx keeps convolutions channels-first between Transposes, so an NHWC
-        activation is compared transposed to NCHW).
-
-        NOTE: why each pairing is first checked on a fresh export of ``model``: tf2onnx's optimizer merges
-        operations across layers (a BatchNormalization folded into the Conv before it, the merged node named
-        after the BatchNormalization; transposes pushed through neighbours), so a value in a layer's scope
-        need not hold that layer's output. A pairing is kept only where a fresh, faithful export of the same
-        model (same opset and input dims, so the same value names) computes the activation within the
-        default tolerance; ``onnx_model`` itself may be the faulty file under investigation, so its values
-        prove nothing. When no fresh export can be made, pairs are chosen by shape alone.
-
-        Layers without a counterpart (input layers, Dropout at inference, shared layers, layers with several
-        outputs, folded layers) are left out. Subclassed models and SavedModels give an empty list.
-        """
-        tf, keras = _import_tf()
-        probed = _probe_layers(model, keras)
-        if not probed:
-            return []
-        # NOTE: why the private attribute: the probe must take the inputs in the model's own structure (a
-        # dict-structured model is called with a dict), as _keras_inputs reads it.
-        structure = getattr(model, "_inputs_struct", None)
-        if structure is None:
-            structure = model.inputs
-        probe = keras.Model(structure, [tensor for _, tensor in probed])
-        tensors = {name: tf.convert_to_tensor(np.asarray(value)) for name, value in inputs.items()}
-        with _Capture():
-            activations = [np.asarray(value) for _, value in _flatten(_call(probe, tensors))]
-        candidates = _scope_candidates(onnx_model.graph, str(model.name), [layer.name for layer, _ in probed])
-        wanted = [
-            (layer.name, activation, candidates.get(layer.name, []))
-            for (layer, _), activation in zip(probed, activations, strict=True)
-        ]
-        wanted = [entry for entry in wanted if entry[2]]
-        if not wanted:
-            return []
-        fresh = self._fresh_export(model, onnx_model, inputs)
-        if fresh is not None:
-            aliases = _align_names(onnx_model.graph, fresh.graph)
-            shared = [(n, a, [v for v in c if v in aliases]) for n, a, c in wanted]
-            if any(c for _, _, c in shared):
-                return _pick_values(fresh, [e for e in shared if e[2]], inputs, True, aliases)
-        # NOTE: why the model under test as the fallback: it is asked for shapes only, never for values
-        return _pick_values(onnx_model, wanted, inputs, numeric=False)
-
-    def _fresh_export(self, model: Any, onnx_model: Any, inputs: Mapping[str, np.ndarray]) -> Any:
-        """``model`` exported again at ``onnx_model``'s opset with its input names and dims, as an
-        ``onnx.ModelProto``; ``None`` when that fails."""
-        import onnx
-
-        from convkit.onnx_model import default_domain_opset
-
-        initializers = {init.name for init in onnx_model.graph.initializer}
-        specs = []
-        for value in onnx_model.graph.input:
-            if value.name in initializers:
-                continue
-            tensor_type = value.type.tensor_type
-            dims: list[int | str] = [
-                d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or f"d{axis}")
-                for axis, d in enumerate(tensor_type.shape.dim)
-            ]
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
-            specs.append(InputSpec(name=value.name, dims=dims, dtype=dtype))
-        try:
-            with tempfile.TemporaryDirectory(prefix="convkit-layers-") as folder:
-                path = Path(folder) / "fresh.onnx"
-                self.export(model, specs, inputs, path, ExportOptions(opset=default_domain_opset(onnx_model)))
-                return onnx.load(str(path))
-        except Exception:  # NOTE: why broad: a failed re-export only costs the validation, never the answer
-            return None
+        return layer_outputs(self, model, onnx_model, inputs)
 
 
 # ---------------------------------------------------------------------- Keras helpers
@@ -1020,219 +901,3 @@ def _save_external(proto: onnx.ModelProto, storage: Any, path: Path) -> str | No
                 offset += len(data)
     path.write_bytes(proto.SerializeToString())
     return data_name if external else None
-
-
-# ---------------------------------------------------------------------- reference CNN helpers
-
-# NOTE: why 32: small batches suit the ~1,400 training digits (about 45 steps an epoch); the measured
-# 10-epoch run reaches about 0.98 test accuracy in well under a minute on two cores.
-TRAIN_BATCH_SIZE = 32
-# canonical weight prefix -> Keras layer name; "probs" so that the ONNX output is called probs
-_REFERENCE_LAYERS = {"conv1": "conv1", "conv2": "conv2", "fc1": "fc1", "fc2": "probs"}
-
-
-def _reference_cnn_layers(keras: Any) -> Any:
-    """The reference CNN's layer stack, freshly initialised: the one definition shared by
-    :meth:`TensorFlowFrontend.reference_cnn`, training, and ``fixtures/models/keras_models.py``."""
-    layers = keras.layers
-    x = keras.Input((28, 28, 1), name="x")
-    h = layers.Conv2D(32, 3, activation="relu", name="conv1")(x)
-    h = layers.MaxPooling2D(2, name="pool1")(h)
-    h = layers.Conv2D(64, 3, activation="relu", name="conv2")(h)
-    h = layers.MaxPooling2D(2, name="pool2")(h)
-    h = layers.Flatten(name="flatten")(h)
-    h = layers.Dense(128, activation="relu", name="fc1")(h)
-    h = layers.Dropout(0.5, name="dropout")(h)
-    probs = layers.Dense(10, activation="softmax", name="probs")(h)
-    return keras.Model(x, probs, name="reference_cnn")
-
-
-def _set_reference_weights(model: Any, weights: Mapping[str, np.ndarray]) -> None:
-    """Load channels-last weights (``to_channels_last``'s keys) into the reference CNN's layers."""
-    for prefix, layer in _REFERENCE_LAYERS.items():
-        model.get_layer(layer).set_weights(
-            [
-                np.asarray(weights[f"{prefix}.weight"], np.float32),
-                np.asarray(weights[f"{prefix}.bias"], np.float32),
-            ]
-        )
-
-
-def _get_reference_weights(model: Any) -> dict[str, np.ndarray]:
-    """The reference CNN's weights in channels-last layout, keyed like ``to_channels_last``'s output."""
-    weights: dict[str, np.ndarray] = {}
-    for prefix, layer in _REFERENCE_LAYERS.items():
-        kernel, bias = model.get_layer(layer).get_weights()
-        weights[f"{prefix}.weight"] = np.asarray(kernel, np.float32)
-        weights[f"{prefix}.bias"] = np.asarray(bias, np.float32)
-    return weights
-
-
-def _nhwc(images: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(images, np.float32).transpose(0, 2, 3, 1))
-
-
-# ---------------------------------------------------------------------- layer-output helpers
-
-# NOTE: why a cap: a nested model used as one layer owns hundreds of values; its outputs come first in the
-# preference order, so the first few candidates suffice and memory stays bounded.
-_MAX_CANDIDATES = 8
-_VALUES_PER_RUN = 64
-
-
-def _probe_layers(model: Any, keras: Any) -> list[tuple[Any, Any]]:
-    """(layer, its symbolic output) for each layer of a functional or Sequential model that has exactly one
-    call and one output tensor, in the model's (topological) order; empty for other models."""
-    if isinstance(model, SavedModelSignature) or _keras_inputs(model) is None:
-        return []
-    probed = []
-    for layer in getattr(model, "layers", []):
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        # NOTE: why one call only: a shared layer has one output per call, and only one of them could be
-        # paired with "the" layer's scope.
-        if len(getattr(layer, "_inbound_nodes", [])) != 1:
-            continue
-        try:
-            output = layer.output
-        except (AttributeError, ValueError, RuntimeError):
-            continue
-        if isinstance(output, keras.KerasTensor):
-            probed.append((layer, output))
-    return probed
-
-
-def _scope_of(component: str, layer_names: Sequence[str]) -> str | None:
-    """The layer whose name scope ``component`` is: ``conv2`` and ``conv2_1`` both belong to ``conv2``.
-
-    NOTE: why suffixes first: Keras enters each layer's name scope inside the traced function, and TensorFlow
-    makes it unique (``conv2_1``); where ``dense`` and ``dense_1`` both exist, ``dense_1`` is ``dense``'s
-    scope. A wrong guess costs nothing more than a candidate the check rejects.
-    """
-    suffixed = [n for n in layer_names if re.fullmatch(re.escape(n) + r"_\d+", component)]
-    if suffixed:
-        return max(suffixed, key=len)
-    return component if component in layer_names else None
-
-
-def _scope_candidates(graph: Any, model_name: str, layer_names: Sequence[str]) -> dict[str, list[str]]:
-    """For each layer, the values computed in its name scope, best first: values read outside the scope (or
-    graph outputs) before internal ones, later before earlier."""
-    model_scope = re.compile(re.escape(model_name) + r"(_\d+)?")
-    owner: dict[str, str | None] = {}  # value -> layer that computed it
-    for node in graph.node:
-        parts = (node.name or (node.output[0] if node.output else "")).split("/")
-        layer = None
-        if len(parts) >= 3 and model_scope.fullmatch(parts[0]):
-            layer = _scope_of(parts[1], layer_names)
-        elif len(parts) >= 2 and not model_scope.fullmatch(parts[0]):
-            layer = _scope_of(parts[0], layer_names)
-        for out in node.output:
-            if out:
-                owner[out] = layer
-    escaping = {value.name for value in graph.output}
-    for node in graph.node:
-        reader = owner.get(node.output[0]) if node.output else None
-        for name in node.input:
-            if name in owner and owner[name] is not None and owner[name] != reader:
-                escaping.add(name)
-    ordered: dict[str, list[str]] = {}
-    for value in reversed(list(owner)):
-        layer = owner[value]
-        if layer is not None:
-            ordered.setdefault(layer, []).append(value)
-    return {
-        layer: sorted(values, key=lambda v: v not in escaping)[:_MAX_CANDIDATES]
-        for layer, values in ordered.items()
-    }
-
-
-def _align_names(graph: Any, other: Any) -> dict[str, str]:
-    """Map ``graph``'s value names to ``other``'s, for two exports of one model.
-
-    NOTE: why not equal names: tf2onnx numbers the nodes it inserts (``Transpose__36``) from a process-wide
-    counter, so a second export in one process numbers them differently. Names are matched with those
-    numbers blanked, and by their order among equal names.
-    """
-
-    def keyed(g: Any) -> dict[tuple[str, int], str]:
-        seen: dict[str, int] = {}
-        keys: dict[tuple[str, int], str] = {}
-        for node in g.node:
-            for out in node.output:
-                if out:
-                    key = re.sub(r"__\d+", "__", out)
-                    seen[key] = seen.get(key, 0) + 1
-                    keys[(key, seen[key])] = out
-        return keys
-
-    theirs = keyed(other)
-    return {name: theirs[key] for key, name in keyed(graph).items() if key in theirs}
-
-
-def _layouts(activation: np.ndarray) -> list[tuple[int, ...]]:
-    """Axis orders to try: as is, channels-last to channels-first (tf2onnx around convolutions), and back."""
-    rank = activation.ndim
-    perms = [tuple(range(rank))]
-    if rank >= 3:
-        perms += [(0, rank - 1, *range(1, rank - 1)), (0, *range(2, rank), 1)]
-    return list(dict.fromkeys(perms))
-
-
-def _pick_values(
-    proto: Any,
-    wanted: Sequence[tuple[str, np.ndarray, Sequence[str]]],
-    inputs: Mapping[str, np.ndarray],
-    numeric: bool,
-    aliases: Mapping[str, str] | None = None,
-) -> list[LayerOutput]:
-    """For each (layer, activation, candidates), the first candidate whose value in ``proto`` (run in
-    onnxruntime; a candidate is called ``aliases[candidate]`` there) has the activation's shape in some
-    layout and, when ``numeric``, its values too."""
-    from convkit.compare import compare_arrays
-    from convkit.localize import onnxruntime_evaluator
-
-    alias = aliases or {}
-    evaluate = onnxruntime_evaluator(proto)
-    feeds = {name: np.asarray(value) for name, value in inputs.items()}
-    # NOTE: why in groups: every exposed value is held at once; a group exposes at most _VALUES_PER_RUN
-    groups: list[list[tuple[str, np.ndarray, Sequence[str]]]] = [[]]
-    size = 0
-    for entry in wanted:
-        if groups[-1] and size + len(entry[2]) > _VALUES_PER_RUN:
-            groups.append([])
-            size = 0
-        groups[-1].append(entry)
-        size += len(entry[2])
-    pairs: list[LayerOutput] = []
-    for group in groups:
-        names = list(dict.fromkeys(v for _, _, candidates in group for v in candidates))
-        try:
-            computed = evaluate([alias.get(v, v) for v in names], feeds)
-            values = dict(zip(names, computed, strict=True))
-        except Exception:  # NOTE: why: a value onnxruntime cannot expose is no reason to abandon the rest
-            continue
-        for layer, activation, candidates in group:
-            match = _match(activation, [(v, values[v]) for v in candidates], numeric, compare_arrays)
-            if match is not None:
-                pairs.append(LayerOutput(layer=layer, onnx_value=match[0], value=match[1]))
-    return pairs
-
-
-def _match(
-    activation: np.ndarray,
-    candidates: Sequence[tuple[str, np.ndarray]],
-    numeric: bool,
-    compare: Callable[..., Any],
-) -> tuple[str, np.ndarray] | None:
-    """The first candidate equal to ``activation`` in some layout (by shape only unless ``numeric``), with
-    the activation in that layout."""
-    for name, got in candidates:
-        got = np.asarray(got)
-        for perm in _layouts(activation):
-            arranged = activation.transpose(perm)
-            if arranged.shape != got.shape:
-                continue
-            if not numeric or compare(name, arranged, got).passed:
-                return name, np.ascontiguousarray(arranged)
-    return None

@@ -35,7 +35,12 @@ from convkit.errors import (  # noqa: E402
     UnsafeModelError,
     UnsupportedModelError,
 )
-from convkit.frontends import ExportOptions, LoadOptions, resolve_source  # noqa: E402
+from convkit.frontends import (  # noqa: E402
+    ExportOptions,
+    LoadOptions,
+    resolve_source,
+    tensorflow_layers,
+)
 from convkit.frontends import tensorflow as tf_frontend  # noqa: E402
 from convkit.inputs import InputSpec, make_static, random_inputs, verification_data_sets  # noqa: E402
 from convkit.onnx_model import load_onnx  # noqa: E402
@@ -501,7 +506,7 @@ def test_layer_outputs_without_a_fresh_export_pair_by_shape(frontend, reference_
     model, path = reference_export
     feeds = random_inputs(frontend.input_specs(model), 2)
     checked = frontend.layer_outputs(model, onnx.load(path), feeds)
-    monkeypatch.setattr(tf_frontend.TensorFlowFrontend, "_fresh_export", lambda *args: None)
+    monkeypatch.setattr(tensorflow_layers, "_fresh_export", lambda *args: None)
     by_shape = frontend.layer_outputs(model, onnx.load(path), feeds)
     assert [(p.layer, p.onnx_value) for p in by_shape] == [(p.layer, p.onnx_value) for p in checked]
 
@@ -517,7 +522,7 @@ def test_layer_outputs_drop_pairings_a_faithful_export_does_not_reproduce(
     # NOTE: why not one constant: softmax is blind to a shift common to all logits
     changed = numpy_helper.to_array(bias) + np.linspace(0, 1, 10, dtype=np.float32)
     bias.CopyFrom(numpy_helper.from_array(changed, bias.name))
-    monkeypatch.setattr(tf_frontend.TensorFlowFrontend, "_fresh_export", lambda *args: fresh)
+    monkeypatch.setattr(tensorflow_layers, "_fresh_export", lambda *args: fresh)
     pairs = frontend.layer_outputs(model, onnx.load(path), random_inputs(frontend.input_specs(model), 2))
     assert [p.layer for p in pairs] == list(REFERENCE_LAYERS)[:-1]
 
@@ -525,12 +530,12 @@ def test_layer_outputs_drop_pairings_a_faithful_export_does_not_reproduce(
 def test_name_scopes_resolve_to_layers():
     """TensorFlow makes each layer's scope unique (``conv2_1``); a suffixed match wins over an exact one."""
     names = ["dense", "dense_1", "conv2", "relu"]
-    assert tf_frontend._scope_of("conv2_1", names) == "conv2"
-    assert tf_frontend._scope_of("conv2", names) == "conv2"
-    assert tf_frontend._scope_of("dense_1", names) == "dense"
-    assert tf_frontend._scope_of("dense_1_1", names) == "dense_1"
-    assert tf_frontend._scope_of("Relu", names) is None
-    assert tf_frontend._scope_of("conv2_x", names) is None
+    assert tensorflow_layers._scope_of("conv2_1", names) == "conv2"
+    assert tensorflow_layers._scope_of("conv2", names) == "conv2"
+    assert tensorflow_layers._scope_of("dense_1", names) == "dense"
+    assert tensorflow_layers._scope_of("dense_1_1", names) == "dense_1"
+    assert tensorflow_layers._scope_of("Relu", names) is None
+    assert tensorflow_layers._scope_of("conv2_x", names) is None
 
 
 def test_layer_outputs_of_models_without_layers_are_empty(frontend):
