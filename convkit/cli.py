@@ -411,6 +411,11 @@ def quantize(
         f"mean {result.mean_abs_diff:.3g}; size {result.fp32_bytes:,} -> {result.quantized_bytes:,} bytes"
         + ("" if result.per_channel is None else f"; per-channel {'on' if result.per_channel else 'off'}")
     )
+    if result.speedup is not None:
+        click.echo(
+            f"speed: fp32 {result.fp32_ms:.3f} ms, {result.mode} {result.quantized_ms:.3f} ms per batch "
+            f"({result.speedup:.2f}x)"
+        )
     for note in result.notes:
         click.echo(f"note: {note}")
     if result.written:

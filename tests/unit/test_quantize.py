@@ -3,7 +3,7 @@ import pytest
 
 from convkit.errors import DataError
 from convkit.onnx_model import load_onnx
-from convkit.quantize import quantize_model
+from convkit.quantize import float32_chains, quantize_model, shallow_convs
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +23,21 @@ def test_static_int8_keeps_top1_and_is_written_as_qdq(cnn_case, calibration, tmp
     assert report.quantized_bytes < report.fp32_bytes / 3
     ops = {node.op_type for node in load_onnx(out).proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert report.fp32_ms > 0 and report.quantized_ms > 0
+    assert report.to_dict()["speedup"] == pytest.approx(report.fp32_ms / report.quantized_ms)
+
+
+def test_shallow_conv_and_its_activation_and_pooling_stay_float32(cnn_case, calibration, tmp_path):
+    # conv1 reduces over 1 channel x 3x3 = 9 values, conv2 over 32 x 3x3 = 288
+    proto = load_onnx(cnn_case).proto
+    assert shallow_convs(proto) == ["conv1"]
+    assert float32_chains(proto, ["conv1"]) == ["conv1", "relu1", "pool1"]
+    out = tmp_path / "int8.onnx"
+    report = quantize_model(cnn_case, out, "static", calibration / "calib.npz", time_seconds=0)
+    graph = load_onnx(out).proto.graph
+    first_conv = next(node for node in graph.node if node.name == "conv1")
+    assert first_conv.input[0] == "x" and first_conv.input[1] == "conv1.weight"  # float input and weight
+    assert report.fp32_ms is None and any("conv1, pool1, relu1" in note for note in report.notes)
 
 
 def test_model_failing_the_bar_is_not_written_unless_forced(cnn_case, calibration, tmp_path):

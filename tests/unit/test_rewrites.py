@@ -1,0 +1,34 @@
+"""Rewrites keep the model's function: onnxruntime gives identical outputs before and after."""
+
+import numpy as np
+import onnx
+
+from convkit.onnx_model import load_onnx
+from convkit.rewrites import pool_before_activation
+from convkit.runtime import RuntimeSession, SessionOptions
+
+
+def _run(proto, x, folder):
+    folder.mkdir()
+    onnx.save(proto, folder / "model.onnx")
+    return RuntimeSession(load_onnx(folder / "model.onnx"), SessionOptions(provider="cpu")).run({"x": x})
+
+
+def test_pool_moves_ahead_of_the_activation_without_changing_outputs(cnn_case, tmp_path):
+    original = load_onnx(cnn_case).proto
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(original)
+    assert pool_before_activation(rewritten) == ["pool1", "pool2"]
+    onnx.checker.check_model(rewritten, full_check=True)
+    order = [node.name for node in rewritten.graph.node]
+    assert order.index("pool1") < order.index("relu1") and order.index("pool2") < order.index("relu2")
+    x = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    before, after = _run(original, x, tmp_path / "before"), _run(rewritten, x, tmp_path / "after")
+    for name in before:
+        np.testing.assert_array_equal(before[name], after[name])
+
+
+def test_only_activations_of_the_named_producers_move(cnn_case):
+    rewritten = load_onnx(cnn_case).proto
+    assert pool_before_activation(rewritten, {"conv2"}) == ["pool2"]
+    assert pool_before_activation(rewritten, {"nothing"}) == []
