@@ -16,7 +16,7 @@ import sys
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ from convkit.errors import (
     ModelLoadError,
     UnsafeModelError,
 )
-from convkit.frontends.base import ExportOptions, ExportResult, LoadOptions
+from convkit.frontends.base import ExportOptions, ExportResult, LayerOutput, LoadOptions
 from convkit.inputs import InputSpec
 
 if TYPE_CHECKING:
@@ -184,6 +184,46 @@ class TorchFrontend:
             except Exception:
                 pass
         return runners
+
+    # ------------------------------------------------------------------ reference CNN (convkit matrix, train)
+    # NOTE: why NCHW: PyTorch's Conv2d is channels-first, and the canonical weights are in PyTorch's layout.
+    reference_layout = "NCHW"
+
+    def reference_cnn(self, weights: Mapping[str, np.ndarray]) -> Any:
+        """The reference CNN (``convkit.frontends.torch_reference.ReferenceCNN``) in eval mode, carrying
+        canonical ``weights``: input ``x`` (batch, 1, 28, 28), output the 10 class probabilities."""
+        from convkit.frontends.torch_reference import build_reference_cnn
+
+        return build_reference_cnn(weights)
+
+    def train_reference_cnn(
+        self,
+        data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+        epochs: int,
+        seed: int,
+        progress: Callable[[int, int, dict[str, float]], None],
+    ) -> dict[str, np.ndarray]:
+        """Train the reference CNN from scratch with a PyTorch optimizer loop (Adam, mini-batches, dropout in
+        train mode; see ``torch_reference.train_reference_cnn``) on ``(x_train, y_train, x_test, y_test)``
+        (NCHW images, int labels); ``progress(epoch, epochs, metrics)`` after each epoch; returns canonical
+        weights."""
+        from convkit.frontends.torch_reference import train_reference_cnn
+
+        return train_reference_cnn(data, epochs, seed, progress)
+
+    # ------------------------------------------------------------------ layer outputs (verify --localize)
+    def layer_outputs(
+        self, model: Any, onnx_model: Any, inputs: Mapping[str, np.ndarray]
+    ) -> list[LayerOutput]:
+        """Module activations (forward hooks, eval mode, no gradients) in execution order, each paired with
+        the value of ``onnx_model`` computing the same tensor, found through the module scopes the exporter
+        recorded (see ``convkit.frontends.torch_layers``). Functional results (``torch.relu``) are paired
+        where the next module receives them, named after their node (``relu_2``). Modules without a clear
+        counterpart are left out; ExportedPrograms, TorchScript modules and files without scopes give ``[]``.
+        """
+        from convkit.frontends.torch_layers import layer_outputs
+
+        return layer_outputs(model, onnx_model, inputs)
 
     # --------------------------------------------------------------------------------------------- export
     def export(

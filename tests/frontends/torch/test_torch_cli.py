@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +25,35 @@ SOURCE = "fixtures/models/torch_models.py:reference_cnn"
 
 def convkit(*args: str) -> subprocess.CompletedProcess[str]:
     """Run the installed ``convkit`` script (``python -m convkit`` where there is none) from the repo root."""
+    return side_by_side(list(args))[0]
+
+
+def side_by_side(*commands: list[str]) -> list[subprocess.CompletedProcess[str]]:
+    """Run several independent ``convkit`` commands at once (as :func:`convkit` does one); their results in
+    order.
+
+    NOTE: why: each command spends most of its seconds starting (importing torch), so commands that do not
+    depend on each other take little more together than one alone.
+    """
     script = Path(sys.executable).with_name("convkit")
-    command = [str(script)] if script.is_file() else [sys.executable, "-m", "convkit"]
+    prefix = [str(script)] if script.is_file() else [sys.executable, "-m", "convkit"]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run([*command, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    running = [
+        subprocess.Popen(
+            [*prefix, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for args in commands
+    ]
+    done = []
+    for args, process in zip(commands, running, strict=True):
+        try:
+            stdout, stderr = process.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            for other in running:
+                other.kill()
+            raise
+        done.append(subprocess.CompletedProcess([*prefix, *args], process.returncode, stdout, stderr))
+    return done
 
 
 def tamper(path: Path) -> None:
@@ -51,12 +77,15 @@ def test_export_then_verify_against_torch_then_catch_a_tampered_model(tmp_path):
     assert manifest["exporter"] == "dynamo" and manifest["inputs"][0]["shape"] == ["batch", 1, 28, 28]
     assert manifest["versions"]["torch"] == torch.__version__
 
-    verified = convkit("verify", str(out), "--source", SOURCE, "--framework", "torch")
+    tampered = tmp_path / "tampered.onnx"
+    shutil.copyfile(out, tampered)
+    tamper(tampered)
+    verified, failed = side_by_side(
+        ["verify", str(out), "--source", SOURCE, "--framework", "torch"],
+        ["verify", str(tampered), "--source", SOURCE, "--framework", "torch"],
+    )
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "batch=1" in verified.stdout and "batch=3" in verified.stdout
-
-    tamper(out)
-    failed = convkit("verify", str(out), "--source", SOURCE, "--framework", "torch")
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "FAIL" in failed.stdout
 
@@ -83,41 +112,46 @@ def test_weights_and_pickles_from_the_command_line(tmp_path):
     torch.save({"epoch": 1, "model": model.state_dict()}, checkpoint)
     out = tmp_path / "w" / "model.onnx"
     args = ["--input", "x:batch,1,28,28", "--weights", str(checkpoint)]
-    assert convkit("export", SOURCE, "-o", str(out), *args).returncode == 0
+    whole = tmp_path / "whole.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Linear(4, 3)), whole)
+    exported, refused, allowed = side_by_side(
+        ["export", SOURCE, "-o", str(out), *args],
+        ["export", str(whole), "-o", str(tmp_path / "p" / "model.onnx"), "--input", "input:batch,4"],
+        [
+            "export", str(whole), "-o", str(tmp_path / "a" / "model.onnx"), "--input", "input:batch,4",
+            "--unsafe-allow-pickle",
+        ],
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stdout + exported.stderr
     onnx_bias = [
         numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer if list(t.dims) == [10]
     ]
     np.testing.assert_array_equal(onnx_bias[0], model.fc2.bias.detach().numpy())
     # the checkpoint is part of the source: verifying without it fails, with it passes
-    assert convkit("verify", str(out), "--source", SOURCE, "--weights", str(checkpoint)).returncode == 0
-    assert convkit("verify", str(out), "--source", SOURCE).returncode == 1
-
-    whole = tmp_path / "whole.pt"
-    torch.save(torch.nn.Sequential(torch.nn.Linear(4, 3)), whole)
-    refused = convkit(
-        "export", str(whole), "-o", str(tmp_path / "p" / "model.onnx"), "--input", "input:batch,4"
+    with_weights, without = side_by_side(
+        ["verify", str(out), "--source", SOURCE, "--weights", str(checkpoint)],
+        ["verify", str(out), "--source", SOURCE],
     )
+    assert with_weights.returncode == 0, with_weights.stdout + with_weights.stderr
+    assert without.returncode == 1, without.stdout + without.stderr
+
     assert refused.returncode == 2
     assert "pickled" in refused.stderr and "--unsafe-allow-pickle" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert not (tmp_path / "p" / "model.onnx").exists()
-    allowed = convkit(
-        "export", str(whole), "-o", str(tmp_path / "p" / "model.onnx"), "--input", "input:batch,4",
-        "--unsafe-allow-pickle",
-    )  # fmt: skip
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
 
 
 def test_fallback_and_forced_exporters_from_the_command_line(tmp_path):
     source = "fixtures/models/torch_models.py:data_dependent_branch"
     out = tmp_path / "model.onnx"
-    exported = convkit("export", source, "-o", str(out), "--input", "x:batch,4")
+    exported, forced = side_by_side(
+        ["export", source, "-o", str(out), "--input", "x:batch,4"],
+        ["export", source, "-o", str(tmp_path / "f.onnx"), "--input", "x:batch,4", "--exporter", "dynamo"],
+    )
     assert exported.returncode == 0, exported.stdout + exported.stderr
     assert "with torchscript" in exported.stdout
     assert "torch.export could not capture the model" in exported.stdout
-    forced = convkit(
-        "export", source, "-o", str(tmp_path / "f.onnx"), "--input", "x:batch,4", "--exporter", "dynamo"
-    )
     assert forced.returncode == 2
     assert "error: the torch.export-based exporter failed" in forced.stderr
     assert "Traceback" not in forced.stderr
