@@ -14,8 +14,11 @@ Values are exposed a chunk of nodes at a time and only their differences are kep
 
 from __future__ import annotations
 
+import ast
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +32,6 @@ ORACLES = ("reference", "unoptimized")
 DEFAULT_CHUNK = 64
 
 # ONNX node metadata that names where a node came from in the source framework (torch.export-based exporter)
-_SOURCE_KEYS = ("pkg.torch.onnx.name_scopes", "namespace")
 
 Evaluator = Callable[[Sequence[str], Mapping[str, np.ndarray]], list[np.ndarray]]
 
@@ -43,7 +45,8 @@ class Divergence:
     inputs: list[str]
     output: str
     comparison: OutputComparison
-    inputs_max_abs_diff: float
+    inputs_max_abs_diff: float | None
+    """None where the inputs were not compared (against the framework's layers)."""
     source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,6 +83,11 @@ class Localization:
     def describe(self) -> str:
         if self.first is None:
             count = self.checked_values
+            if self.oracle.endswith(" layers"):
+                return (
+                    f"no layer diverges between onnxruntime and the {self.oracle} ({count} compared); "
+                    "the difference arises after the last paired layer, or in values no layer owns"
+                )
             return (
                 f"no value diverges between onnxruntime and the {self.oracle} ({count} compared): "
                 "onnxruntime computes what the graph says, so differences come from the graph or weights"
@@ -104,12 +112,21 @@ def _fmt(value: float | None) -> str:
 
 
 def node_source(node: Any) -> str | None:
-    """The framework module or layer a node came from, when the exporter recorded it."""
+    """The framework module or layer a node came from, when the exporter recorded it: the PyTorch module
+    path and source line (``conv1 (model.py:36)``), or the recorded namespace as it is."""
     props = {p.key: p.value for p in node.metadata_props}
-    for key in _SOURCE_KEYS:
-        if props.get(key):
-            return props[key]
-    return None
+    scopes = props.get("pkg.torch.onnx.name_scopes")
+    if scopes:
+        try:
+            names = [str(n) for n in ast.literal_eval(scopes) if n]
+        except (ValueError, SyntaxError):
+            names = []
+        if names:
+            # NOTE: why drop the last scope: it names the aten call (``conv2d``) inside the module
+            path = ".".join(names[:-1]) or names[-1]
+            line = re.search(r'File "([^"]+)", line (\d+)', props.get("pkg.torch.onnx.stack_trace", ""))
+            return f"{path} ({Path(line.group(1)).name}:{line.group(2)})" if line else path
+    return props.get("namespace") or None
 
 
 def node_label(proto: Any, index: int) -> str:
@@ -263,7 +280,7 @@ def localize_against_framework(
                 inputs=[i for i in node.input if i] if node is not None else [],
                 output=pair.onnx_value,
                 comparison=comparison,
-                inputs_max_abs_diff=0.0,
+                inputs_max_abs_diff=None,
                 source=pair.layer,
             )
             return result

@@ -106,3 +106,21 @@ def test_reduce_with_nothing_wrong_is_a_clear_error(original, tmp_path):
 def test_unrelated_reference_model_is_refused(original, old_opset_case):
     with pytest.raises(ConvkitError, match="share no value names"):
         localize(original, X, load_onnx(old_opset_case))
+
+
+def test_node_source_reads_the_torch_exporters_scopes_and_stack():
+    from convkit.localize import node_source
+
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="node_conv2d_1")
+    helper.set_metadata_props(
+        node,
+        {
+            "pkg.torch.onnx.name_scopes": "['', 'encoder', 'conv2', 'conv2d']",
+            "pkg.torch.onnx.stack_trace": 'File "/src/models/net.py", line 36, in forward\n    x = conv2(x)',
+        },
+    )
+    assert node_source(node) == "encoder.conv2 (net.py:36)"
+    functional = helper.make_node("Relu", ["y"], ["z"])
+    helper.set_metadata_props(functional, {"pkg.torch.onnx.name_scopes": "['', 'relu']"})
+    assert node_source(functional) == "relu"
+    assert node_source(helper.make_node("Relu", ["y"], ["z"])) is None
