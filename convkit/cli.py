@@ -531,6 +531,21 @@ def demo(out_dir: str, provider: str) -> None:
     sys.exit(run_demo(out_dir, _session_options(provider, None), click.echo))
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of text.")
+def doctor(as_json: bool) -> None:
+    """Show which framework front ends are ready here (and what installs the others) and the runtime.
+
+    Exit 1 when a framework is installed but fails to load.
+    """
+    from convkit.doctor import diagnose
+    from convkit.report import render_doctor
+
+    found = diagnose()
+    click.echo(json.dumps(found.to_dict(), indent=2) if as_json else render_doctor(found))
+    sys.exit(EXIT_PARITY_FAILED if any(f.status == "blocked" for f in found.frameworks) else EXIT_OK)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line and exit 2; bugs exit 3 (tracebacks with --debug)."""
     args = sys.argv[1:] if argv is None else argv

@@ -218,3 +218,21 @@ def render_bench(report: Any) -> str:
     lines.append(_table(headers, rows))
     lines += [f"note: {note}" for note in report.notes]
     return "\n".join(lines)
+
+
+def render_doctor(found: Any) -> str:
+    """``convkit doctor``'s table: the runtime, then one row per front end."""
+    lines = [
+        f"convkit {found.convkit}, Python {found.python} on {found.platform}, {found.cpus} CPU(s)",
+        f"onnx {found.onnx}, onnxruntime {found.onnxruntime} ({', '.join(found.providers)})",
+        "",
+    ]
+    rows = []
+    for state in found.frameworks:
+        if state.status == "ready":
+            detail = ", ".join(f"{k} {v}" for k, v in state.versions.items())
+        else:
+            detail = f"{state.reason}" + (f"; install: {state.install}" if state.install else "")
+        rows.append([state.framework, state.status, detail])
+    lines.append(_table(["framework", "status", "versions / what to do"], rows))
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""``convkit doctor``: which front ends are ready here, which are not and what installs them, and the runtime.
+
+Each framework is probed in a fresh interpreter of its own. NOTE: why a subprocess per framework: some
+frameworks cannot share a process (PaddlePaddle after TensorFlow ends in a segfault), and a probe that
+crashes must become a line in the table, not the end of the command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from convkit.frontends import FRONTENDS
+
+PROBE_TIMEOUT_S = 120
+
+# Runs in the child: prints one JSON object for the front end named in argv[1].
+_PROBE = """
+import json, sys
+from convkit.frontends import load_frontend_class
+frontend = load_frontend_class(sys.argv[1])
+reason = frontend.is_available()
+versions = {} if reason else frontend.versions()
+print(json.dumps({"reason": reason, "versions": versions, "extra": frontend.extra}))
+"""
+
+
+@dataclass
+class FrameworkState:
+    """One front end on this machine."""
+
+    framework: str
+    status: str
+    """``ready``, ``not installed`` or ``blocked`` (installed, but it fails to load)."""
+    versions: dict[str, str] = field(default_factory=dict)
+    reason: str | None = None
+    install: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Diagnosis:
+    python: str
+    platform: str
+    convkit: str
+    onnx: str
+    onnxruntime: str
+    providers: list[str]
+    cpus: int
+    frameworks: list[FrameworkState]
+
+    @property
+    def ready(self) -> list[str]:
+        return [f.framework for f in self.frameworks if f.status == "ready"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **{k: v for k, v in self.__dict__.items() if k != "frameworks"},
+            "frameworks": [f.to_dict() for f in self.frameworks],
+        }
+
+
+def _state(name: str, done: subprocess.CompletedProcess[str] | None) -> FrameworkState:
+    if done is None:
+        return FrameworkState(name, "blocked", reason=f"the probe took longer than {PROBE_TIMEOUT_S} s")
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return FrameworkState(name, "blocked", reason=f"the probe exited with code {done.returncode}: {tail}")
+    found = json.loads(lines[-1])
+    install = f"pip install 'convkit[{found['extra']}]'"
+    if found["reason"] is None:
+        return FrameworkState(name, "ready", versions=found["versions"])
+    missing = "No module named" in found["reason"] or "ModuleNotFoundError" in found["reason"]
+    return FrameworkState(
+        name, "not installed" if missing else "blocked", reason=found["reason"], install=install
+    )
+
+
+def probe_frameworks(names: list[str] | None = None) -> list[FrameworkState]:
+    """Probe each front end in its own interpreter, all at once; the result follows ``names``' order."""
+    names = names or list(FRONTENDS)
+    env = dict(os.environ, PYTHONWARNINGS="ignore", TF_CPP_MIN_LOG_LEVEL="3")
+    running = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", _PROBE, name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for name in names
+    }
+    states = []
+    for name, process in running.items():
+        try:
+            stdout, stderr = process.communicate(timeout=PROBE_TIMEOUT_S)
+            done: subprocess.CompletedProcess[str] | None = subprocess.CompletedProcess(
+                process.args, process.returncode, stdout, stderr
+            )
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            done = None
+        states.append(_state(name, done))
+    return states
+
+
+def diagnose(names: list[str] | None = None) -> Diagnosis:
+    """The runtime (onnx, onnxruntime and its execution providers) and every front end's state."""
+    import onnx
+    import onnxruntime as ort
+
+    from convkit import __version__
+    from convkit.runtime import usable_cpu_count
+
+    return Diagnosis(
+        python=platform.python_version(),
+        platform=f"{platform.system()} {platform.machine()}",
+        convkit=__version__,
+        onnx=onnx.__version__,
+        onnxruntime=ort.__version__,
+        providers=list(ort.get_available_providers()),
+        cpus=usable_cpu_count(),
+        frameworks=probe_frameworks(names),
+    )

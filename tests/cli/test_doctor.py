@@ -1,0 +1,45 @@
+"""``convkit doctor``: each front end's state, probed in its own interpreter."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT, run_convkit
+
+
+def test_doctor_lists_every_front_end_with_versions():
+    done = run_convkit("doctor", "--json")
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["onnxruntime"] and "CPUExecutionProvider" in found["providers"]
+    states = {f["framework"]: f for f in found["frameworks"]}
+    assert {"torch", "tensorflow"} <= set(states)
+    for name, module in (("torch", "torch"), ("tensorflow", "tensorflow")):
+        if importlib.util.find_spec(module) is not None:
+            assert states[name]["status"] == "ready"
+            assert states[name]["versions"][module]
+
+
+def test_a_broken_install_is_blocked_and_a_missing_one_says_what_installs_it(tmp_path):
+    # a framework that fails at import with an error of its own, and one that is simply absent
+    (tmp_path / "tensorflow").mkdir()
+    (tmp_path / "tensorflow" / "__init__.py").write_text("raise RuntimeError('simulated broken install')\n")
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'torch'\")\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-m", "convkit", "doctor"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    rows = {line.split()[0]: line for line in done.stdout.splitlines() if line.split()}
+    assert "blocked" in rows["tensorflow"] and "simulated broken install" in rows["tensorflow"]
+    assert "not installed" in rows["torch"] and "pip install 'convkit[torch]'" in rows["torch"]
