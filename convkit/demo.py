@@ -3,11 +3,14 @@
 1. verify the framework-free test cases in ``fixtures/testcases`` (stored outputs as the reference);
 2. for each installed framework, export its reference CNN from ``fixtures/models``, verify it against the
    framework at two batch sizes, and run the exported model on its test data;
-3. print one parity table.
+3. when two frameworks or more ran, the reference CNN with the same weights in each (``convkit matrix``):
+   do their ONNX models agree with each other;
+4. print one parity table.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +82,19 @@ def run_demo(out_dir: str, options: SessionOptions, echo: Callable[[str], None])
         )
         run = api.run_model(target, target.parent / "test_data_set_0", options)
         echo(f"run      {target}: " + ", ".join(f"{k} {list(v.shape)}" for k, v in run.outputs.items()))
+    export_rows = [r for r in rows if r.task.startswith("export ") and r.result != "SKIPPED"]
+    exported = [r.reference for r in export_rows]
+    if len(exported) >= 2:
+        from convkit.matrix import run_matrix
+
+        echo(f"matrix   the reference CNN with the same weights in {', '.join(exported)}")
+        matrix = run_matrix(exported, out_dir=Path(out_dir) / "matrix", options=options)
+        for a, b in itertools.combinations(exported, 2):
+            diff = matrix.pairwise.get(a, {}).get(b)
+            agree = diff is not None and f"{a}/{b}" not in matrix.pairwise_failures
+            shown = "-" if diff is None else f"{diff:.3g}"
+            result = "PASS" if agree else "FAIL"
+            rows.append(DemoRow(f"agree {a} vs {b}", b, export_rows[0].provider, shown, result))
     echo("")
     echo(
         _table(

@@ -16,4 +16,6 @@ def test_demo_exports_verifies_and_runs_everything_installed(tmp_path):
         assert f"verify {framework} reference_cnn" in done.stdout
         model = tmp_path / "demo" / f"{framework}_reference_cnn" / "model.onnx"
         assert model.is_file() and (model.parent / "test_data_set_0" / "input_0.pb").is_file()
+    if all(importlib.util.find_spec(m) for m in ("torch", "tensorflow")):
+        assert "agree torch vs tensorflow" in done.stdout
     assert "FAIL" not in done.stdout
