@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 
 from convkit.onnx_model import load_onnx
-from convkit.rewrites import pool_before_activation
+from convkit.rewrites import flatten_channels_last, pool_before_activation
 from convkit.runtime import RuntimeSession, SessionOptions
 
 
@@ -32,3 +32,26 @@ def test_only_activations_of_the_named_producers_move(cnn_case):
     rewritten = load_onnx(cnn_case).proto
     assert pool_before_activation(rewritten, {"conv2"}) == ["pool2"]
     assert pool_before_activation(rewritten, {"nothing"}) == []
+
+
+def test_flatten_reads_channels_last_without_changing_outputs(cnn_case, tmp_path):
+    original = load_onnx(cnn_case).proto
+    rewritten = onnx.shape_inference.infer_shapes(original)
+    assert flatten_channels_last(rewritten) == ["fc1"]
+    onnx.checker.check_model(rewritten, full_check=True)
+    transpose = next(node for node in rewritten.graph.node if node.op_type == "Transpose")
+    assert list(transpose.input) == ["p2"] and list(transpose.attribute[0].ints) == [0, 2, 3, 1]
+    x = np.random.default_rng(1).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    before, after = _run(original, x, tmp_path / "before"), _run(rewritten, x, tmp_path / "after")
+    for name in before:
+        np.testing.assert_allclose(after[name], before[name], rtol=1e-5, atol=1e-6)
+
+
+def test_flatten_without_known_shapes_is_left_alone(cnn_case):
+    assert flatten_channels_last(load_onnx(cnn_case).proto) == []
+
+
+def test_both_rewrites_compose(cnn_case):
+    proto = onnx.shape_inference.infer_shapes(load_onnx(cnn_case).proto)
+    assert pool_before_activation(proto, {"conv1"}) == ["pool1"]
+    assert flatten_channels_last(proto) == ["fc1"]  # the shapes after conv2 are still known
