@@ -21,6 +21,10 @@ _PACKAGE_FRAMEWORK = {
     "keras": "tensorflow",
     "tensorflow": "tensorflow",
     "tf_keras": "tensorflow",
+    # NOTE: why jaxlib too: a jax.jit-wrapped function is a jaxlib object
+    "flax": "jax",
+    "jax": "jax",
+    "jaxlib": "jax",
 }
 
 

@@ -24,8 +24,9 @@ __all__ = [
 FRONTENDS: dict[str, str] = {
     "torch": "convkit.frontends.torch:TorchFrontend",
     "tensorflow": "convkit.frontends.tensorflow:TensorFlowFrontend",
+    "jax": "convkit.frontends.jax:JaxFrontend",
 }
-ALIASES: dict[str, str] = {"pytorch": "torch", "keras": "tensorflow", "tf": "tensorflow"}
+ALIASES: dict[str, str] = {"pytorch": "torch", "keras": "tensorflow", "tf": "tensorflow", "flax": "jax"}
 
 
 def canonical_name(name: str) -> str:
@@ -75,6 +76,10 @@ def resolve_source(source: str, framework: str | None) -> tuple[Frontend, Any]:
         # NOTE: why the front end first: it sets its framework up quietly (TensorFlow prints at import)
         # before the user's factory imports the framework itself.
         chosen = get_frontend(wanted) if wanted is not None else None
+        if chosen is not None and getattr(chosen, "isolated", False):
+            # NOTE: why: an isolated front end's framework lives in its own environment; its worker imports
+            # the factory there (importing it here would need the framework in this process).
+            return chosen, None
         preloaded = load_factory(source)
         found = framework_of(preloaded)
         if wanted is None:
