@@ -9,7 +9,7 @@ def test_demo_exports_verifies_and_runs_everything_installed(tmp_path):
     done = run_convkit("demo", "--out-dir", str(tmp_path / "demo"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "verify reference_cnn" in done.stdout and "verify old_opset_mlp" in done.stdout
-    for framework, module in (("torch", "torch"), ("tensorflow", "tensorflow")):
+    for framework, module in (("torch", "torch"), ("tensorflow", "tensorflow"), ("jax", "jax")):
         if importlib.util.find_spec(module) is None:
             assert f"skip     {framework}" in done.stdout
             continue
