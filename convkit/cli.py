@@ -16,6 +16,7 @@ import click
 
 from convkit import __version__
 from convkit.errors import EXIT_OK, EXIT_PARITY_FAILED, EXIT_USAGE, ConvkitError
+from convkit.frontends import ALIASES, FRONTENDS
 
 EXIT_INTERNAL = 3
 
@@ -43,7 +44,10 @@ def _tolerance_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def _source_options(func: Callable[..., Any]) -> Callable[..., Any]:
     decorators = [
         click.option(
-            "--framework", "-f", default=None, help="torch, tensorflow (alias keras); inferred if omitted."
+            "--framework",
+            "-f",
+            default=None,
+            help=f"{', '.join(FRONTENDS)} (aliases {', '.join(ALIASES)}); inferred if omitted.",
         ),
         click.option(
             "--input",
@@ -456,7 +460,7 @@ def reduce(model: str, data: str, output: str, oracle: str, atol: float | None, 
 
 
 @cli.command()
-@click.option("--framework", "-f", required=True, help="whose training loop: torch, tensorflow (keras).")
+@click.option("--framework", "-f", required=True, help=f"whose training loop: {', '.join(FRONTENDS)}.")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(), help="canonical weights to write (.npz).")
@@ -544,6 +548,35 @@ def doctor(as_json: bool) -> None:
     found = diagnose()
     click.echo(json.dumps(found.to_dict(), indent=2) if as_json else render_doctor(found))
     sys.exit(EXIT_PARITY_FAILED if any(f.status == "blocked" for f in found.frameworks) else EXIT_OK)
+
+
+@cli.group()
+def env() -> None:
+    """Framework environments: frameworks whose pins cannot live beside convkit's (PaddlePaddle) run in a
+    virtual environment of their own (.convkit-envs/NAME, or $CONVKIT_ENVS/NAME), driven as a subprocess."""
+
+
+@env.command("create")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="rebuild even when the environment is up to date.")
+def env_create(name: str, force: bool) -> None:
+    """Create environment NAME from scripts/envs/NAME.lock (a no-op when it is up to date)."""
+    from convkit.envs import create_env
+
+    result = create_env(name, force, lambda line: click.echo(line, err=True))
+    click.echo(result.describe())
+
+
+@env.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of text.")
+def env_list(as_json: bool) -> None:
+    """Show each known environment: ready, missing (with the command that creates it) or stale."""
+    from convkit.envs import list_envs, render_env_list
+
+    statuses = list_envs()
+    click.echo(
+        json.dumps([s.to_dict() for s in statuses], indent=2) if as_json else render_env_list(statuses)
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

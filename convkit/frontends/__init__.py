@@ -25,8 +25,15 @@ FRONTENDS: dict[str, str] = {
     "torch": "convkit.frontends.torch:TorchFrontend",
     "tensorflow": "convkit.frontends.tensorflow:TensorFlowFrontend",
     "jax": "convkit.frontends.jax:JaxFrontend",
+    "paddle": "convkit.frontends.paddle:PaddleFrontend",
 }
-ALIASES: dict[str, str] = {"pytorch": "torch", "keras": "tensorflow", "tf": "tensorflow", "flax": "jax"}
+ALIASES: dict[str, str] = {
+    "pytorch": "torch",
+    "keras": "tensorflow",
+    "tf": "tensorflow",
+    "flax": "jax",
+    "paddlepaddle": "paddle",
+}
 
 
 def canonical_name(name: str) -> str:
@@ -58,9 +65,14 @@ def get_frontend(name: str) -> Frontend:
     if reason is not None:
         raise FrameworkUnavailableError(
             f"the {frontend.name} front end is unavailable: {reason}",
-            f"pip install 'convkit[{frontend.extra}]'",
+            install_hint(frontend),
         )
     return frontend
+
+
+def install_hint(frontend: Frontend) -> str:
+    """The command that makes ``frontend`` available: its own (``convkit env create paddle``) or the extra."""
+    return getattr(frontend, "install_command", None) or f"pip install 'convkit[{frontend.extra}]'"
 
 
 def resolve_source(source: str, framework: str | None) -> tuple[Frontend, Any]:

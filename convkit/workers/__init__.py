@@ -1,0 +1,39 @@
+"""Front ends that run their framework in an environment of its own, driven as a subprocess.
+
+Some frameworks cannot live beside the core: their pins clash with the core's (PaddlePaddle's paddle2onnx
+wants onnx<=1.17), or they crash in a process that has loaded another framework (Paddle after TensorFlow).
+Such a front end keeps only a handle in the core process and sends each job (export, run, build or train the
+reference CNN) to a worker script run by the framework environment's interpreter (``convkit.envs``).
+
+- ``client``: the core side: ``call_worker`` runs one request and maps its answer to a result or an error.
+- ``protocol``: the worker side, standard library only, imported by path by each worker script.
+- ``<framework>_worker.py``: one script per framework; it imports the framework, numpy and onnx, never
+  convkit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from convkit.workers.client import (
+    Worker,
+    WorkerCrashError,
+    WorkerError,
+    WorkerSourceError,
+    WorkerTimeoutError,
+    call_worker,
+    default_timeout,
+)
+
+WORKERS_DIR = Path(__file__).resolve().parent
+
+__all__ = [
+    "WORKERS_DIR",
+    "Worker",
+    "WorkerCrashError",
+    "WorkerError",
+    "WorkerSourceError",
+    "WorkerTimeoutError",
+    "call_worker",
+    "default_timeout",
+]

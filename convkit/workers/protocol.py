@@ -1,0 +1,111 @@
+"""The worker side of the protocol, standard library only: a worker script runs in a framework's own
+environment, where convkit itself is not installed, and imports this file by path (it sits beside it).
+
+A request is one JSON file named on the command line: ``{"kind": "export", ...}``. The worker answers on its
+standard output with JSON lines only:
+
+- ``{"progress": {...}}``, any number of them (training epochs);
+- then exactly one of ``{"result": {...}}`` (exit 0) or ``{"error": "...", "hint": "...", "type": "..."}``
+  (exit 2). ``type`` names the kind of user error (``source``, ``load``, ``data``, ``export``, ``unsafe``,
+  ``input``) so that the core raises the matching ``ConvkitError``.
+
+Everything else the process prints, the framework's C++ logging included, goes to standard error, which the
+core shows only with ``--verbose`` or when the worker crashes. Arrays travel in ``.npz`` files written with
+``np.savez`` and read with ``np.load(allow_pickle=False)``; nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Mapping
+from typing import IO, Any, NoReturn
+
+EXIT_OK = 0
+EXIT_ERROR = 2
+
+
+class WorkerFailure(Exception):
+    """A user-facing failure inside the worker: one line, a hint, and the kind of error it is."""
+
+    def __init__(self, message: str, hint: str | None = None, kind: str = "worker") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.kind = kind
+
+
+class Channel:
+    """The protocol stream: the worker's original standard output, one JSON object per line."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def send(self, message: Mapping[str, Any]) -> None:
+        self._stream.write(json.dumps(message) + "\n")
+        self._stream.flush()
+
+    def progress(self, **fields: Any) -> None:
+        """Report progress (``epoch``, ``epochs``, ``metrics`` ...); the core turns it into a callback."""
+        self.send({"progress": fields})
+
+
+def _take_stdout() -> Channel:
+    """Keep the real standard output for the protocol and send file descriptor 1 to standard error.
+
+    NOTE: why at the descriptor level: frameworks print from C++ (paddle2onnx's ``[Paddle2ONNX] ...``) and
+    through handlers bound to ``sys.stdout`` at import; a Python-level redirect would let those lines into
+    the protocol stream.
+    """
+    sys.stdout.flush()
+    protocol_fd = os.dup(1)
+    os.dup2(2, 1)
+    return Channel(os.fdopen(protocol_fd, "w", buffering=1, encoding="utf-8"))
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` of an exception, for one-line errors."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def serve(handlers: Mapping[str, Callable[[dict[str, Any], Channel], dict[str, Any]]]) -> NoReturn:
+    """Answer the request named in ``sys.argv[1]`` with the handler for its ``kind``, then exit.
+
+    A ``WorkerFailure`` becomes an error line and exit 2; any other exception too, its traceback written to
+    standard error. ``SystemExit`` raised by a library (paddle2onnx exits on errors) counts as an exception.
+    """
+    channel = _take_stdout()
+    try:
+        if len(sys.argv) != 2:
+            raise WorkerFailure("usage: worker.py REQUEST.json", kind="internal")
+        with open(sys.argv[1], encoding="utf-8") as handle:
+            request = json.load(handle)
+        kind = request.get("kind")
+        handler = handlers.get(kind)
+        if handler is None:
+            raise WorkerFailure(
+                f"unknown request kind {kind!r}; known: {', '.join(handlers)}", kind="internal"
+            )
+        result = handler(request, channel)
+    except WorkerFailure as failure:
+        channel.send({"error": failure.message, "hint": failure.hint, "type": failure.kind})
+        _exit(EXIT_ERROR)
+    except (Exception, SystemExit) as exc:
+        traceback.print_exc()
+        channel.send({"error": first_line(exc), "hint": None, "type": "worker"})
+        _exit(EXIT_ERROR)
+    channel.send({"result": result})
+    _exit(EXIT_OK)
+
+
+def _exit(code: int) -> NoReturn:
+    """Leave without running the framework's atexit handlers and destructors.
+
+    NOTE: why: the answer is already written; some frameworks crash while tearing down their thread pools,
+    which would turn a finished request into a signal.
+    """
+    sys.stderr.flush()
+    os._exit(code)
