@@ -26,6 +26,7 @@ DEMO_EXPORTS: dict[str, tuple[str, str]] = {
     "torch": ("models/torch_models.py:reference_cnn", "x:batch,1,28,28"),
     "tensorflow": ("models/keras_models.py:reference_cnn", "x:batch,28,28,1"),
     "jax": ("models/jax_models.py:reference_cnn", "x:batch,28,28,1"),
+    "paddle": ("models/paddle_models.py:reference_cnn", "x:batch,1,28,28"),
 }
 
 

@@ -22,11 +22,11 @@ PROBE_TIMEOUT_S = 120
 # Runs in the child: prints one JSON object for the front end named in argv[1].
 _PROBE = """
 import json, sys
-from convkit.frontends import load_frontend_class
+from convkit.frontends import install_hint, load_frontend_class
 frontend = load_frontend_class(sys.argv[1])
 reason = frontend.is_available()
 versions = {} if reason else frontend.versions()
-print(json.dumps({"reason": reason, "versions": versions, "extra": frontend.extra}))
+print(json.dumps({"reason": reason, "versions": versions, "install": install_hint(frontend)}))
 """
 
 
@@ -75,10 +75,14 @@ def _state(name: str, done: subprocess.CompletedProcess[str] | None) -> Framewor
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return FrameworkState(name, "blocked", reason=f"the probe exited with code {done.returncode}: {tail}")
     found = json.loads(lines[-1])
-    install = f"pip install 'convkit[{found['extra']}]'"
+    install = found["install"]
     if found["reason"] is None:
         return FrameworkState(name, "ready", versions=found["versions"])
-    missing = "No module named" in found["reason"] or "ModuleNotFoundError" in found["reason"]
+    # NOTE: why "not created" counts as not installed: an isolated front end's framework is installed by
+    # creating its environment (convkit env create NAME), which the install command says
+    missing = any(
+        text in found["reason"] for text in ("No module named", "ModuleNotFoundError", "not created", "stale")
+    )
     return FrameworkState(
         name, "not installed" if missing else "blocked", reason=found["reason"], install=install
     )

@@ -232,7 +232,9 @@ def render_doctor(found: Any) -> str:
         if state.status == "ready":
             detail = ", ".join(f"{k} {v}" for k, v in state.versions.items())
         else:
-            detail = f"{state.reason}" + (f"; install: {state.install}" if state.install else "")
+            detail = state.reason or ""
+            if state.install and state.install not in detail:
+                detail += f"; install: {state.install}"
         rows.append([state.framework, state.status, detail])
     lines.append(_table(["framework", "status", "versions / what to do"], rows))
     return "\n".join(lines)

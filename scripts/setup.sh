@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv at the repository root with the pinned set (scripts/requirements.lock) and convkit (editable).
-# Idempotent: when .venv exists and neither the pins nor pyproject.toml changed, it returns in about a second.
+# Create .venv at the repository root with the pinned set (scripts/requirements.lock) and convkit (editable),
+# then the framework environments that cannot live in it (scripts/envs/*.lock, under .convkit-envs/).
+# Idempotent: when nothing changed, it returns in about a second.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -11,16 +12,20 @@ want="$(cat scripts/requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1
 
 if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/convkit" ]; then
     echo "setup: .venv is up to date"
-    exit 0
+else
+    if [ ! -x "$venv/bin/python" ]; then
+        echo "setup: creating .venv with $("$python" --version)"
+        "$python" -m venv "$venv"
+    fi
+    echo "setup: installing the pinned set (scripts/requirements.lock); this takes about a minute the first time"
+    # NOTE: why pip (not uv/poetry): the CPU build of torch lies on local disk where only pip looks; an
+    # unpinned torch from the index is a multi-GB CUDA build.
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r scripts/requirements.lock 2> >(grep -v "is ignored: it is neither" >&2)
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . 2> >(grep -v "is ignored: it is neither" >&2)
+    echo "$want" > "$stamp"
 fi
-if [ ! -x "$venv/bin/python" ]; then
-    echo "setup: creating .venv with $("$python" --version)"
-    "$python" -m venv "$venv"
-fi
-echo "setup: installing the pinned set (scripts/requirements.lock); this takes about a minute the first time"
-# NOTE: why pip (not uv/poetry): the CPU build of torch lies on local disk where only pip looks; an unpinned
-# torch from the index is a multi-GB CUDA build.
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r scripts/requirements.lock 2> >(grep -v "is ignored: it is neither" >&2)
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . 2> >(grep -v "is ignored: it is neither" >&2)
-echo "$want" > "$stamp"
+# NOTE: why a second environment: PaddlePaddle's pins cannot live in .venv (paddle2onnx needs onnx<=1.17)
+# and Paddle cannot share a process with TensorFlow; convkit drives it as a subprocess worker. Idempotent
+# too: about 0.1 s when up to date, 20 s the first time.
+"$venv/bin/convkit" env create paddle
 echo "setup: done; run .venv/bin/convkit --help"

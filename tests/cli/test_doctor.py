@@ -43,3 +43,17 @@ def test_a_broken_install_is_blocked_and_a_missing_one_says_what_installs_it(tmp
     rows = {line.split()[0]: line for line in done.stdout.splitlines() if line.split()}
     assert "blocked" in rows["tensorflow"] and "simulated broken install" in rows["tensorflow"]
     assert "not installed" in rows["torch"] and "pip install 'convkit[torch]'" in rows["torch"]
+
+
+def test_a_framework_environment_not_created_says_how_to_create_it(tmp_path):
+    env = dict(os.environ, CONVKIT_ENVS=str(tmp_path / "no-envs"))
+    done = subprocess.run(
+        [sys.executable, "-m", "convkit", "doctor", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    paddle = next(f for f in json.loads(done.stdout)["frameworks"] if f["framework"] == "paddle")
+    assert paddle["status"] == "not installed" and paddle["install"] == "convkit env create paddle"
