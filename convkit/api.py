@@ -34,7 +34,7 @@ from convkit.inputs import (
 )
 from convkit.manifest import write_manifest
 from convkit.model_info import ModelSummary, summarize
-from convkit.onnx_model import OnnxModel, load_onnx
+from convkit.onnx_model import OnnxModel, load_onnx, normalize_export
 from convkit.runtime import RuntimeSession, SessionOptions, TensorSpec, short_provider_name
 
 
@@ -377,6 +377,7 @@ def export_native(
         staged = staging / output.name
         result = frontend.export(native, specs, example, staged, export_options or ExportOptions())
         model = load_onnx(staged)
+        result.notes.extend(normalize_export(model))
         expected = _outputs_by_name(reference, model.output_names, frontend)
         checks = [("export example", example, expected)]
         report = _check(model, frontend.name, checks, tolerance, options, None)

@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from convkit.errors import InputFileError, ModelLoadError, UnsafeModelError
-from convkit.onnx_model import load_onnx
+from convkit.onnx_model import load_onnx, normalize_export
 
 
 def _external_model(tmp_path, location):
@@ -110,3 +110,25 @@ def test_symlinked_external_data_escaping_is_refused(tmp_path):
 def test_old_opset_case_is_copied_intact(old_opset_case, tmp_path):
     shutil.copytree(old_opset_case, tmp_path / "case")
     assert load_onnx(tmp_path / "case").opset == 6
+
+
+def test_initializers_listed_as_inputs_are_removed_from_the_inputs(cnn_case, tmp_path):
+    from convkit.runtime import RuntimeSession, SessionOptions
+
+    proto = load_onnx(cnn_case).proto
+    for tensor in proto.graph.initializer:
+        proto.graph.input.append(
+            helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+        )
+    onnx.save(proto, tmp_path / "model.onnx")
+    model = load_onnx(tmp_path / "model.onnx")
+    assert len(model.proto.graph.input) == 9
+    notes = normalize_export(model)
+    assert notes and "8 initializer(s)" in notes[0]
+    again = load_onnx(tmp_path / "model.onnx")
+    assert [value.name for value in again.proto.graph.input] == ["x"]
+    x = np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)
+    expected = RuntimeSession(load_onnx(cnn_case), SessionOptions(provider="cpu")).run({"x": x})
+    got = RuntimeSession(again, SessionOptions(provider="cpu")).run({"x": x})
+    np.testing.assert_array_equal(got["probs"], expected["probs"])
+    assert normalize_export(again) == []
