@@ -490,6 +490,13 @@ def train(framework: str, epochs: int, seed: int, output: str) -> None:
 )
 @click.option("--weights", type=click.Path(), default=None, help="canonical weights (default: bundled).")
 @click.option("--out-dir", default="convkit-matrix", show_default=True, type=click.Path())
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="held-out digits to compare on (360 at most).",
+)
 @_tolerance_options
 @click.option("--json", "json_path", type=click.Path(), default=None, help="write the matrix as JSON.")
 @click.option("--junit", type=click.Path(), default=None, help="write a JUnit XML report.")
@@ -497,6 +504,7 @@ def matrix(
     frameworks: str | None,
     weights: str | None,
     out_dir: str,
+    samples: int,
     atol: float | None,
     rtol: float | None,
     json_path: str | None,
@@ -513,6 +521,7 @@ def matrix(
         out_dir,
         _tolerance(atol, rtol),
         _session_options("cpu", None),
+        samples,
         progress=lambda name: click.echo(f"matrix: {name} ...", err=True),
     )
     if json_path:

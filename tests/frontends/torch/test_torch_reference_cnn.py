@@ -165,7 +165,7 @@ def trained(commands) -> tuple[Path, float]:
         folder = commands["folder"]
         commands["matrix"] = Background(
             "matrix", "--frameworks", "torch,tensorflow", "--weights", str(commands["weights"]),
-            "--out-dir", str(folder / "matrix"), "--json", str(folder / "matrix.json"),
+            "--out-dir", str(folder / "matrix"), "--json", str(folder / "matrix.json"), "--samples", "360",
         )  # fmt: skip
     return commands["weights"], float(match.group(3))
 
@@ -213,6 +213,7 @@ def test_cli_matrix_torch_and_tensorflow_agree_on_the_trained_weights(commands, 
     assert rows["tensorflow"]["status"] == "pass", rows
     pairwise = result["pairwise_max_abs_diff"]["torch"]["tensorflow"]
     assert pairwise < 1e-5 and result["pairwise_failures"] == []
+    assert result["samples"] == 360  # the whole held-out set
     out = commands["folder"] / "matrix"
     assert all((out / name / "model.onnx").is_file() for name in ("torch", "tensorflow"))
     print(
