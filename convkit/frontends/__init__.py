@@ -26,6 +26,8 @@ FRONTENDS: dict[str, str] = {
     "tensorflow": "convkit.frontends.tensorflow:TensorFlowFrontend",
     "jax": "convkit.frontends.jax:JaxFrontend",
     "paddle": "convkit.frontends.paddle:PaddleFrontend",
+    "keras-jax": "convkit.frontends.keras_backend:KerasJaxFrontend",
+    "keras-torch": "convkit.frontends.keras_backend:KerasTorchFrontend",
 }
 ALIASES: dict[str, str] = {
     "pytorch": "torch",
