@@ -16,13 +16,11 @@ convkit export and the model is checked with the ONNX checker.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import sys
 import tempfile
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +29,14 @@ import numpy as np
 from convkit.artifacts import save_npz_atomic
 from convkit.errors import ExportError, InputFileError, ModelLoadError
 from convkit.frontends.base import ExportOptions, ExportResult, LoadOptions
+from convkit.frontends.worker_frontend import (
+    WorkerFrontend,
+    WorkerModel,
+    digest,
+    load_outputs,
+    remember,
+    remove,
+)
 from convkit.inputs import InputSpec
 
 if TYPE_CHECKING:
@@ -41,52 +47,22 @@ KERAS_SUFFIXES = (".keras",)
 BACKENDS = {"jax": ("jax", "jax2onnx"), "torch": ("torch",)}
 # seconds per request kind (CONVKIT_WORKER_TIMEOUT overrides them all)
 _TIMEOUTS = {"describe": 300.0, "run": 300.0, "export": 600.0}
-_REMEMBERED_RESULTS = 4
 _QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
 # onnxruntime's MaxPool takes 1 to 3 spatial dims
 _MAX_POOL_DIMS = 3
 
 
-@dataclass
-class KerasBackendModel:
-    """A handle on a Keras model that lives in the worker: what to load, never the model itself."""
-
-    source: str
-    options: LoadOptions
-    spec: dict[str, Any]
-    _described: dict[str, Any] | None = field(default=None, repr=False)
-    _outputs: dict[str, list[np.ndarray]] = field(default_factory=dict, repr=False)
+class KerasBackendModel(WorkerModel):
+    """A handle on a Keras model that lives in the worker (``spec["kind"]``: ``factory`` or ``file``)."""
 
 
-def _digest(arrays: Mapping[str, np.ndarray]) -> str:
-    sha = hashlib.sha256()
-    for name in sorted(arrays):
-        value = np.ascontiguousarray(arrays[name])
-        sha.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
-        sha.update(value.tobytes())
-    return sha.hexdigest()
-
-
-def _load_outputs(path: Path) -> list[np.ndarray]:
-    with np.load(path, allow_pickle=False) as archive:
-        return [archive[f"output_{k}"] for k in range(len(archive.files))]
-
-
-def _remove(folder: Path) -> None:
-    import shutil
-
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-class KerasBackendFrontend:
+class KerasBackendFrontend(WorkerFrontend):
     """Keras 3 on one non-TensorFlow backend, driven as a worker process (see the module docstring)."""
 
     backend = "jax"
     name = "keras-jax"
     aliases: tuple[str, ...] = ()
     extra = "jax"
-    isolated = True
-    """Its framework runs in another process: ``module:factory`` sources are imported there, not here."""
 
     # ----------------------------------------------------------------------------------------------- setup
     def is_available(self) -> str | None:
@@ -152,7 +128,7 @@ class KerasBackendFrontend:
                 "snapshot": str(folder / "snapshot.weights.h5"),
             }
             handle = KerasBackendModel(source, options, spec)
-            weakref.finalize(handle, _remove, folder)
+            weakref.finalize(handle, remove, folder)
             return handle
         path = Path(source)
         if not path.is_file() or path.suffix.lower() not in KERAS_SUFFIXES:
@@ -167,59 +143,6 @@ class KerasBackendFrontend:
             "weights": weights,
         }
         return KerasBackendModel(source, options, spec)
-
-    def _describe(self, model: KerasBackendModel) -> dict[str, Any]:
-        if model._described is None:
-            with tempfile.TemporaryDirectory(prefix="convkit-keras-") as folder:
-                request = {"kind": "describe", "source": model.spec}
-                model._described = self._call(request, Path(folder), model.options.verbose)
-        return model._described
-
-    # -------------------------------------------------------------------------------------------- inputs
-    def input_names(self, model: KerasBackendModel) -> list[str] | None:
-        """A ``.keras`` file's input names (asked of the worker once); ``None`` for factories (a worker
-        start each time otherwise; the worker orders the inputs itself)."""
-        if model.spec["kind"] == "factory":
-            return None
-        names = self._describe(model).get("input_names")
-        return list(names) if names is not None else None
-
-    def input_specs(self, model: KerasBackendModel) -> list[InputSpec] | None:
-        """The shapes a ``.keras`` file declares (unknown dims symbolic: ``batch`` first); ``None`` for
-        factories (give ``--input``)."""
-        if model.spec["kind"] == "factory":
-            return None
-        declared = self._describe(model).get("input_specs")
-        if not declared:
-            return None
-        specs = []
-        for item in declared:
-            dims: list[int | str] = [
-                d if d is not None else ("batch" if axis == 0 else f"{item['name']}_dim{axis}")
-                for axis, d in enumerate(item["dims"])
-            ]
-            specs.append(InputSpec(item["name"], dims, item["dtype"]))
-        return specs
-
-    # ------------------------------------------------------------------------------------------------ run
-    def run(self, model: KerasBackendModel, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Run the model in Keras (``training=False``) in the worker; outputs flattened in order."""
-        key = _digest(inputs)
-        if key in model._outputs:
-            return [value.copy() for value in model._outputs[key]]
-        with tempfile.TemporaryDirectory(prefix="convkit-keras-") as folder:
-            workdir = Path(folder)
-            save_npz_atomic(workdir / "inputs.npz", inputs)
-            request = {
-                "kind": "run",
-                "source": model.spec,
-                "inputs": str(workdir / "inputs.npz"),
-                "outputs": str(workdir / "outputs.npz"),
-            }
-            self._call(request, workdir, model.options.verbose)
-            outputs = _load_outputs(workdir / "outputs.npz")
-        _remember(model, key, outputs)
-        return [value.copy() for value in outputs]
 
     # --------------------------------------------------------------------------------------------- export
     def export(
@@ -260,7 +183,7 @@ class KerasBackendFrontend:
                 "reference": str(workdir / "reference.npz"),
             }
             result = self._call(request, workdir, verbose)
-            reference = _load_outputs(workdir / "reference.npz")
+            reference = load_outputs(workdir / "reference.npz")
             name = str(result.get("exporter") or exporter)
             try:
                 raw = onnx.load(str(workdir / "exported.onnx"))
@@ -284,7 +207,7 @@ class KerasBackendFrontend:
             raise ExportError(f"{name} wrote an invalid ONNX model: {exc}".splitlines()[0]) from exc
         if fixed:
             notes.append(f"rewrote {fixed} {'MaxPool' if fixed == 1 else 'MaxPools'} of rank > 5 to 4-D ones")
-        _remember(model, _digest(example), reference)
+        remember(model, digest(example), reference)
         return ExportResult(name, opset, notes)
 
 
@@ -426,10 +349,3 @@ def _maxpool_plan(node: onnx.NodeProto) -> tuple[int, list[int], dict[str, Any]]
     if "storage_order" in attributes:
         new["storage_order"] = attributes["storage_order"]
     return k + 2, [2 + i for i in spatial], new
-
-
-def _remember(model: KerasBackendModel, key: str, outputs: list[np.ndarray]) -> None:
-    """Keep a few recent results: the same inputs again (the export's example) cost no worker start."""
-    model._outputs[key] = outputs
-    while len(model._outputs) > _REMEMBERED_RESULTS:
-        model._outputs.pop(next(iter(model._outputs)))

@@ -15,11 +15,9 @@ files, or its path prefix.
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,14 @@ import numpy as np
 from convkit.artifacts import save_npz_atomic
 from convkit.errors import DataError, ExportError, InputFileError
 from convkit.frontends.base import ExportOptions, ExportResult, LoadOptions
+from convkit.frontends.worker_frontend import (
+    WorkerFrontend,
+    WorkerModel,
+    digest,
+    load_outputs,
+    remember,
+    remove,
+)
 from convkit.inputs import InputSpec
 
 ENV = "paddle"
@@ -37,7 +43,6 @@ _PARAMS_SUFFIX = ".pdiparams"
 # seconds per request kind (CONVKIT_WORKER_TIMEOUT overrides them all)
 _TIMEOUTS = {"describe": 300.0, "run": 300.0, "export": 600.0, "reference_cnn": 300.0}
 _TRAIN_TIMEOUT_PER_EPOCH = 120.0
-_REMEMBERED_RESULTS = 4
 # NOTE: why these: Paddle logs through glog from C++ (executor banners, warnings) and Python warnings at
 # import; a quiet worker keeps them off the user's terminal (its stderr is kept for errors and --verbose).
 _QUIET_ENV = {"GLOG_minloglevel": "2", "GLOG_v": "0", "PYTHONWARNINGS": "ignore"}
@@ -46,27 +51,9 @@ _QUIET_ENV = {"GLOG_minloglevel": "2", "GLOG_v": "0", "PYTHONWARNINGS": "ignore"
 _WORKER_ENV = {"POLYGRAPHY_AUTOINSTALL_DEPS": "0"}
 
 
-@dataclass
-class PaddleModel:
-    """A handle on a Paddle model that lives in the worker: what to load, never the model itself.
-
-    Attributes:
-        source: what the user gave (``file.py:factory``, a folder ...), or ``reference_cnn``.
-        weights: ``--weights`` (``.npz`` keyed by ``state_dict`` names; ``.pdparams`` with unsafe pickle).
-        options: the load options (``verbose`` lets the worker's output through).
-        spec: the worker's source description (``{"kind": "factory" | "inference", ...}``).
-    """
-
-    source: str
-    weights: str | None
-    options: LoadOptions
-    spec: dict[str, Any]
-    _described: dict[str, Any] | None = field(default=None, repr=False)
-    _outputs: dict[str, list[np.ndarray]] = field(default_factory=dict, repr=False)
-
-    @property
-    def is_factory(self) -> bool:
-        return bool(self.spec["kind"] == "factory")
+class PaddleModel(WorkerModel):
+    """A handle on a Paddle model that lives in the worker (``spec["kind"]``: ``factory`` or
+    ``inference``)."""
 
 
 def inference_model_files(path: Path) -> tuple[Path, Path] | None:
@@ -90,21 +77,7 @@ def inference_model_files(path: Path) -> tuple[Path, Path] | None:
     return None
 
 
-def _digest(arrays: Mapping[str, np.ndarray]) -> str:
-    sha = hashlib.sha256()
-    for name in sorted(arrays):
-        value = np.ascontiguousarray(arrays[name])
-        sha.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
-        sha.update(value.tobytes())
-    return sha.hexdigest()
-
-
-def _load_outputs(path: Path) -> list[np.ndarray]:
-    with np.load(path, allow_pickle=False) as archive:
-        return [archive[f"output_{k}"] for k in range(len(archive.files))]
-
-
-class PaddleFrontend:
+class PaddleFrontend(WorkerFrontend):
     """PaddlePaddle through its own environment: factories (``--framework paddle``) and saved inference
     models, exported with paddle2onnx, run by Paddle itself for the reference outputs."""
 
@@ -113,8 +86,6 @@ class PaddleFrontend:
     extra = "paddle"
     install_command = f"convkit env create {ENV}"
     """What makes this front end available (``convkit doctor`` and errors print it instead of a pip extra)."""
-    isolated = True
-    """Its framework runs in another process: ``module:factory`` sources are imported there, not here."""
 
     # ----------------------------------------------------------------------------------------------- setup
     def is_available(self) -> str | None:
@@ -185,8 +156,8 @@ class PaddleFrontend:
                 "unsafe_pickle": options.unsafe_pickle,
                 "snapshot": str(folder / "weights.npz"),
             }
-            handle = PaddleModel(source, weights, options, spec)
-            weakref.finalize(handle, _remove, folder)
+            handle = PaddleModel(source, options, spec)
+            weakref.finalize(handle, remove, folder)
             return handle
         files = inference_model_files(Path(source))
         if files is None:
@@ -209,63 +180,7 @@ class PaddleFrontend:
             "model_file": str(program),
             "params_file": str(params),
         }
-        return PaddleModel(source, None, options, spec)
-
-    def _describe(self, model: PaddleModel) -> dict[str, Any]:
-        if model._described is None:
-            with tempfile.TemporaryDirectory(prefix="convkit-paddle-") as folder:
-                request = {"kind": "describe", "source": model.spec}
-                model._described = self._call(request, Path(folder), model.options.verbose)
-        return model._described
-
-    # -------------------------------------------------------------------------------------------- inputs
-    def input_names(self, model: PaddleModel) -> list[str] | None:
-        """A saved model's input names (asked of the worker once); ``None`` for factories.
-
-        NOTE: why not ask for factories: forward's parameters would cost a worker start on every export;
-        the worker checks the names against them when it exports or runs, with the same message.
-        """
-        if model.is_factory:
-            return None
-        names = self._describe(model).get("input_names")
-        return list(names) if names is not None else None
-
-    def input_specs(self, model: PaddleModel) -> list[InputSpec] | None:
-        """The shapes a saved model declares (unknown dims symbolic: ``batch`` first); ``None`` for
-        factories (give ``--input``)."""
-        if model.is_factory:
-            return None
-        declared = self._describe(model).get("input_specs")
-        if not declared:
-            return None
-        specs = []
-        for item in declared:
-            dims: list[int | str] = [
-                d if d is not None else ("batch" if axis == 0 else f"{item['name']}_dim{axis}")
-                for axis, d in enumerate(item["dims"])
-            ]
-            specs.append(InputSpec(item["name"], dims, item["dtype"]))
-        return specs
-
-    # ------------------------------------------------------------------------------------------------ run
-    def run(self, model: PaddleModel, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Run the model in Paddle (eval mode, no gradients) in the worker; outputs flattened in order."""
-        key = _digest(inputs)
-        if key in model._outputs:
-            return [value.copy() for value in model._outputs[key]]
-        with tempfile.TemporaryDirectory(prefix="convkit-paddle-") as folder:
-            workdir = Path(folder)
-            save_npz_atomic(workdir / "inputs.npz", inputs)
-            request = {
-                "kind": "run",
-                "source": model.spec,
-                "inputs": str(workdir / "inputs.npz"),
-                "outputs": str(workdir / "outputs.npz"),
-            }
-            self._call(request, workdir, model.options.verbose)
-            outputs = _load_outputs(workdir / "outputs.npz")
-        _remember(model, key, outputs)
-        return [value.copy() for value in outputs]
+        return PaddleModel(source, options, spec)
 
     # --------------------------------------------------------------------------------------------- export
     def export(
@@ -304,7 +219,7 @@ class PaddleFrontend:
                 "reference": str(workdir / "reference.npz"),
             }
             result = self._call(request, workdir, verbose)
-            reference = _load_outputs(workdir / "reference.npz")
+            reference = load_outputs(workdir / "reference.npz")
             opset, notes = finish_model(
                 workdir / "exported.onnx",
                 Path(path),
@@ -314,7 +229,7 @@ class PaddleFrontend:
                 options.opset,
                 result.get("exporter_version"),
             )
-        _remember(model, _digest(example), reference)
+        remember(model, digest(example), reference)
         return ExportResult("paddle2onnx", opset, notes)
 
     # ------------------------------------------------------------------ reference CNN (convkit matrix, train)
@@ -336,11 +251,11 @@ class PaddleFrontend:
             request = {"kind": "reference_cnn", "weights": str(folder / "weights.npz"), "folder": str(folder)}
             result = self._call(request, folder, False)
         except BaseException:
-            _remove(folder)
+            remove(folder)
             raise
         spec = {"kind": "inference", **{k: result[k] for k in ("prefix", "model_file", "params_file")}}
-        handle = PaddleModel("reference_cnn", None, LoadOptions(), spec)
-        weakref.finalize(handle, _remove, folder)
+        handle = PaddleModel("reference_cnn", LoadOptions(), spec)
+        weakref.finalize(handle, remove, folder)
         return handle
 
     def train_reference_cnn(
@@ -378,16 +293,3 @@ class PaddleFrontend:
             self._call(request, workdir, False, timeout, relay)
             with np.load(workdir / "weights.npz", allow_pickle=False) as archive:
                 return {name: archive[name].astype(np.float32) for name in SHAPES}
-
-
-def _remember(model: PaddleModel, key: str, outputs: list[np.ndarray]) -> None:
-    """Keep a few recent results: the same inputs again (the export's example) cost no worker start."""
-    model._outputs[key] = outputs
-    while len(model._outputs) > _REMEMBERED_RESULTS:
-        model._outputs.pop(next(iter(model._outputs)))
-
-
-def _remove(folder: Path) -> None:
-    import shutil
-
-    shutil.rmtree(folder, ignore_errors=True)
