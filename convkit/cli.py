@@ -41,6 +41,20 @@ def _tolerance_options(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+def _remember_backend(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    ctx.meta["keras_backend"] = value
+
+
+def _with_backend(framework: str | None) -> str | None:
+    """``--framework keras --backend jax`` is the ``keras-jax`` front end (TensorFlow is Keras' default)."""
+    backend = click.get_current_context().meta.get("keras_backend")
+    if backend is None or backend == "tensorflow":
+        return framework
+    if framework is not None and framework.lower() not in ("keras", "tensorflow", "tf", f"keras-{backend}"):
+        raise click.UsageError(f"--backend applies to Keras models, not to --framework {framework}")
+    return f"keras-{backend}"
+
+
 def _source_options(func: Callable[..., Any]) -> Callable[..., Any]:
     decorators = [
         click.option(
@@ -48,6 +62,14 @@ def _source_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "-f",
             default=None,
             help=f"{', '.join(FRONTENDS)} (aliases {', '.join(ALIASES)}); inferred if omitted.",
+        ),
+        click.option(
+            "--backend",
+            type=click.Choice(["tensorflow", "jax", "torch"]),
+            default=None,
+            expose_value=False,
+            callback=_remember_backend,
+            help="Keras 3's backend (with --framework keras): jax and torch run Keras in a worker process.",
         ),
         click.option(
             "--input",
@@ -240,7 +262,7 @@ def verify(
         result = api.verify_model(
             target,
             source,
-            framework,
+            _with_backend(framework),
             [parse_input_spec(text) for text in inputs],
             data,
             LoadOptions(weights=weights, unsafe_pickle=unsafe_allow_pickle),
@@ -297,7 +319,7 @@ def export(
     summary = export_model(
         source,
         output,
-        framework,
+        _with_backend(framework),
         [parse_input_spec(text) for text in inputs],
         data,
         static,

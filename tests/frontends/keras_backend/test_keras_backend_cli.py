@@ -47,8 +47,25 @@ def exported(request, tmp_path_factory):
     framework = request.param
     _skip_unless_available(framework)
     target = tmp_path_factory.mktemp(framework) / "model.onnx"
-    stdout = _export(f"{MODELS}:reference_cnn", framework, target, "--input", "x:batch,28,28,1")
+    # both spellings: --framework keras-jax, and --framework keras --backend torch
+    named = ("keras", "--backend", "torch") if framework == "keras-torch" else (framework,)
+    stdout = _export(f"{MODELS}:reference_cnn", named[0], target, *named[1:], "--input", "x:batch,28,28,1")
     return framework, target, stdout
+
+
+def test_backend_applies_to_keras_only(tmp_path):
+    done = run_convkit(
+        "export",
+        f"{MODELS}:reference_cnn",
+        "--framework",
+        "torch",
+        "--backend",
+        "jax",
+        "-o",
+        str(tmp_path / "m.onnx"),
+    )
+    assert done.returncode == 2
+    assert "--backend applies to Keras models" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_export_and_verify_reference_cnn(exported, tmp_path):
