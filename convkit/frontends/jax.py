@@ -26,7 +26,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,7 @@ from convkit.errors import (
 )
 from convkit.frontends.base import ExportOptions, ExportResult, LoadOptions
 from convkit.inputs import InputSpec
+from convkit.onnx_names import all_names, rename_values, unused_name
 
 if TYPE_CHECKING:
     import onnx
@@ -600,53 +601,6 @@ def _export_error(exc: Exception, capture: _Quiet) -> ConvkitError:
     )
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """``graph`` and every subgraph (Loop, If, Scan bodies) below it."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _graphs(attr.g)
-            for sub in attr.graphs:
-                yield from _graphs(sub)
-
-
-def _all_names(graph: onnx.GraphProto) -> set[str]:
-    names: set[str] = set()
-    for sub in _graphs(graph):
-        names.update(value.name for value in (*sub.input, *sub.output, *sub.value_info))
-        names.update(init.name for init in sub.initializer)
-        for node in sub.node:
-            names.update(node.input)
-            names.update(node.output)
-    return names
-
-
-def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Rename a tensor everywhere (node inputs and outputs, subgraph references, initializers, I/O)."""
-    for sub in _graphs(graph):
-        for node in sub.node:
-            for k, name in enumerate(node.input):
-                if name == old:
-                    node.input[k] = new
-            for k, name in enumerate(node.output):
-                if name == old:
-                    node.output[k] = new
-        for value in (*sub.input, *sub.output, *sub.value_info):
-            if value.name == old:
-                value.name = new
-        for init in sub.initializer:
-            if init.name == old:
-                init.name = new
-
-
-def _unused(names: set[str], stem: str) -> str:
-    n = 1
-    while f"{stem}__{n}" in names:
-        n += 1
-    return f"{stem}__{n}"
-
-
 def _normalize(
     proto: onnx.ModelProto, specs: Sequence[InputSpec], outputs: Sequence[str], symbols: Mapping[str, str]
 ) -> list[str]:
@@ -673,8 +627,8 @@ def _normalize(
         wanted = int(onnx.helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype)))
         traced = value.type.tensor_type.elem_type
         if traced and traced != wanted:
-            inner = _unused(_all_names(graph), spec.name)
-            _rename(graph, spec.name, inner)
+            inner = unused_name(all_names(graph), spec.name)
+            rename_values(graph, {spec.name: inner})
             value.name = spec.name
             graph.node.insert(0, onnx.helper.make_node("Cast", [spec.name], [inner], to=traced))
             computed = onnx.helper.tensor_dtype_to_np_dtype(traced).name
@@ -714,13 +668,13 @@ def _name_outputs(
     for value, name in zip(graph.output, outputs, strict=True):
         old = value.name
         if old != name:
-            names = _all_names(graph)
+            names = all_names(graph)
             if name in names:
-                _rename(graph, name, _unused(names, name))  # an internal value had the name
+                rename_values(graph, {name: unused_name(names, name)})  # an internal value had the name
             if old in input_names or old in renamed:
                 graph.node.append(onnx.helper.make_node("Identity", [old], [name], name=f"{name}_identity"))
             else:
-                _rename(graph, old, name)
+                rename_values(graph, {old: name})
         value.name = name
         renamed.add(name)
         for axis, dim in enumerate(value.type.tensor_type.shape.dim):

@@ -229,7 +229,7 @@ class KerasTorchFrontend(KerasBackendFrontend):
 
 def _rename_inputs(model: onnx.ModelProto, exported: Sequence[str], specs: Sequence[InputSpec]) -> None:
     """Name the graph inputs after ``specs`` (the exporters use them already; this covers any that don't)."""
-    from convkit.workers.finish import rename_values
+    from convkit.onnx_names import rename_values
 
     graph_inputs = [value.name for value in model.graph.input]
     wanted = {spec.name for spec in specs}
@@ -237,7 +237,7 @@ def _rename_inputs(model: onnx.ModelProto, exported: Sequence[str], specs: Seque
         return
     order = list(exported) or [spec.name for spec in specs]
     if len(order) == len(graph_inputs):
-        rename_values(model, dict(zip(graph_inputs, order, strict=True)))
+        rename_values(model.graph, dict(zip(graph_inputs, order, strict=True)))
 
 
 def fix_high_rank_maxpool(model: onnx.ModelProto) -> int:

@@ -38,6 +38,7 @@ from convkit.errors import (
 )
 from convkit.frontends.base import ExportOptions, ExportResult, LayerOutput, LoadOptions
 from convkit.inputs import DEFAULT_BATCH_NAME, InputSpec
+from convkit.onnx_names import all_names, rename_values, subgraphs, unused_name
 
 if TYPE_CHECKING:
     import onnx
@@ -732,17 +733,6 @@ def _numpy_product_shim() -> Iterator[None]:
             del np.product  # type: ignore[attr-defined]
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """``graph`` and every subgraph (Loop, If, Scan bodies) below it."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _graphs(attr.g)
-            for sub in attr.graphs:
-                yield from _graphs(sub)
-
-
 def _check_converted(proto: onnx.ModelProto, opset: int, capture: _Capture) -> None:
     """Raise when tf2onnx left TensorFlow ops in the graph.
 
@@ -752,7 +742,7 @@ def _check_converted(proto: onnx.ModelProto, opset: int, capture: _Capture) -> N
     import onnx
 
     unknown: dict[str, int] = {}
-    for graph in _graphs(proto.graph):
+    for graph in subgraphs(proto.graph):
         for node in graph.node:
             domain = node.domain if node.domain not in ("ai.onnx",) else ""
             if not onnx.defs.has(node.op_type, domain):
@@ -766,44 +756,12 @@ def _check_converted(proto: onnx.ModelProto, opset: int, capture: _Capture) -> N
         )
 
 
-def _all_names(graph: onnx.GraphProto) -> set[str]:
-    names: set[str] = set()
-    for sub in _graphs(graph):
-        names.update(value.name for value in (*sub.input, *sub.output, *sub.value_info))
-        names.update(init.name for init in sub.initializer)
-        for node in sub.node:
-            names.update(node.input)
-            names.update(node.output)
-    return names
-
-
-def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Rename a tensor everywhere (node inputs and outputs, subgraph references, value infos)."""
-    for sub in _graphs(graph):
-        for node in sub.node:
-            for k, name in enumerate(node.input):
-                if name == old:
-                    node.input[k] = new
-            for k, name in enumerate(node.output):
-                if name == old:
-                    node.output[k] = new
-        for value in (*sub.input, *sub.output, *sub.value_info):
-            if value.name == old:
-                value.name = new
-        for init in sub.initializer:
-            if init.name == old:
-                init.name = new
-
-
 def _free(graph: onnx.GraphProto, name: str, keep: str) -> None:
     """Make ``name`` available: an internal tensor of that name (other than ``keep``) is renamed away."""
-    names = _all_names(graph)
+    names = all_names(graph)
     if name == keep or name not in names:
         return
-    n = 1
-    while f"{name}__{n}" in names:
-        n += 1
-    _rename(graph, name, f"{name}__{n}")
+    rename_values(graph, {name: unused_name(names, name)})
 
 
 def _name_graph(
@@ -829,7 +787,7 @@ def _name_graph(
             value.CopyFrom(onnx.helper.make_tensor_value_info(spec.name, _onnx_dtype(spec.dtype), None))
         else:
             _free(graph, spec.name, value.name)
-            _rename(graph, value.name, spec.name)
+            rename_values(graph, {value.name: spec.name})
         shape = value.type.tensor_type.shape
         shape.ClearField("dim")
         for d in spec.dims:
@@ -851,7 +809,7 @@ def _name_graph(
             graph.node.append(onnx.helper.make_node("Identity", [old], [name], name=f"{name}_identity"))
         else:
             _free(graph, name, old)
-            _rename(graph, old, name)
+            rename_values(graph, {old: name})
             renamed.add(name)
         value.name = name
         stem = re.sub(r"\W", "_", name)
@@ -878,7 +836,7 @@ def _save_external(proto: onnx.ModelProto, storage: Any, path: Path) -> str | No
     data_name = f"{path.name}.data"
     stored = dict(storage.name_to_tensor_data) if storage is not None else {}
     external: list[Any] = []
-    for graph in _graphs(proto.graph):
+    for graph in subgraphs(proto.graph):
         tensors = list(graph.initializer)
         for node in graph.node:
             tensors.extend(attr.t for attr in node.attribute if attr.HasField("t"))

@@ -9,40 +9,16 @@ input dims named after ``--input``, and a clear error when the model fixed a dim
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from convkit.errors import ExportError, ModelLoadError
 from convkit.inputs import InputSpec
+from convkit.onnx_names import all_names, rename_values
 
 if TYPE_CHECKING:
     import onnx
-
-
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """``graph`` and every subgraph (If/Loop/Scan bodies) inside it."""
-    yield graph
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("g"):
-                yield from _graphs(attribute.g)
-            for sub in attribute.graphs:
-                yield from _graphs(sub)
-
-
-def rename_values(model: onnx.ModelProto, renames: Mapping[str, str]) -> None:
-    """Rename values everywhere they appear: nodes (subgraphs too), graph inputs, outputs, initializers."""
-    if not renames:
-        return
-    for graph in _graphs(model.graph):
-        for node in graph.node:
-            node.input[:] = [renames.get(name, name) for name in node.input]
-            node.output[:] = [renames.get(name, name) for name in node.output]
-        for value in [*graph.input, *graph.output, *graph.value_info]:
-            value.name = renames.get(value.name, value.name)
-        for tensor in graph.initializer:
-            tensor.name = renames.get(tensor.name, tensor.name)
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> int:
@@ -71,17 +47,9 @@ def constants_to_initializers(model: onnx.ModelProto) -> int:
     return moved
 
 
-def _taken(model: onnx.ModelProto) -> set[str]:
-    graph = model.graph
-    names = {v.name for v in [*graph.input, *graph.output, *graph.value_info]}
-    names |= {t.name for t in graph.initializer}
-    names |= {name for node in graph.node for name in [*node.input, *node.output]}
-    return names
-
-
 def _unique_renames(model: onnx.ModelProto, wanted: Mapping[str, str]) -> dict[str, str]:
     """``wanted`` without renames onto names the graph already uses (or uses twice)."""
-    taken = _taken(model) - set(wanted)
+    taken = all_names(model.graph) - set(wanted)
     renames = {}
     for old, new in wanted.items():
         if old != new and new and new not in taken:
@@ -168,10 +136,10 @@ def finish_model(
         raise ModelLoadError(f"{exporter} wrote no readable ONNX model: {exc}") from exc
     notes: list[str] = []
     constants_to_initializers(model)
-    rename_values(model, _unique_renames(model, initializer_names))
+    rename_values(model.graph, _unique_renames(model, initializer_names))
     outputs = [value.name for value in model.graph.output]
     wanted = ["output"] if len(outputs) == 1 else [f"output_{k}" for k in range(len(outputs))]
-    rename_values(model, _unique_renames(model, dict(zip(outputs, wanted, strict=True))))
+    rename_values(model.graph, _unique_renames(model, dict(zip(outputs, wanted, strict=True))))
     name_dims(model, specs, exporter)
     if not model.producer_name:
         model.producer_name = exporter
