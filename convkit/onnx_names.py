@@ -5,7 +5,8 @@ Shared by the front ends that tidy an exporter's output (input and output names,
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -57,3 +58,31 @@ def unused_name(names: set[str], stem: str) -> str:
     while f"{stem}__{n}" in names:
         n += 1
     return f"{stem}__{n}"
+
+
+def output_names(paths: Sequence[tuple[str, ...]], keyed: bool, taken: Sequence[str]) -> list[str]:
+    """ONNX names for a model's flattened outputs: ``output`` for one output, ``output_N`` for a sequence,
+    the keys (``logits``) when the model returns a mapping (``keyed``); unique and distinct from ``taken``
+    (the input names).
+
+    Args:
+        paths: each output's path in the returned structure (``()`` for a lone tensor, ``("0",)``,
+            ``("logits",)``).
+    """
+    if list(paths) == [()]:
+        candidates = ["output"]
+    elif keyed:
+        candidates = ["_".join(path) for path in paths]
+    else:
+        candidates = ["_".join(("output", *path)) for path in paths]
+    names: list[str] = []
+    used = set(taken)
+    for candidate in candidates:
+        name = re.sub(r"[^A-Za-z0-9_.:/-]", "_", candidate) or "output"
+        if name in used:
+            name = f"output_{name}"
+        while name in used:
+            name += "_"
+        used.add(name)
+        names.append(name)
+    return names

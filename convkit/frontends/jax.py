@@ -43,7 +43,7 @@ from convkit.errors import (
 )
 from convkit.frontends.base import ExportOptions, ExportResult, LoadOptions
 from convkit.inputs import InputSpec
-from convkit.onnx_names import all_names, rename_values, unused_name
+from convkit.onnx_names import all_names, output_names, rename_values, unused_name
 
 if TYPE_CHECKING:
     import onnx
@@ -550,23 +550,7 @@ def _output_names(shapes: Any, input_names: Sequence[str]) -> list[str]:
     import jax
 
     paths = [tuple(_key_text(key) for key in path) for path, _ in jax.tree_util.tree_leaves_with_path(shapes)]
-    if paths == [()]:
-        candidates = ["output"]
-    elif isinstance(shapes, Mapping):
-        candidates = ["_".join(path) for path in paths]
-    else:
-        candidates = ["_".join(("output", *path)) for path in paths]
-    names: list[str] = []
-    taken = set(input_names)
-    for candidate in candidates:
-        name = re.sub(r"[^A-Za-z0-9_.:/-]", "_", candidate) or "output"
-        if name in taken:
-            name = f"output_{name}"
-        while name in taken:
-            name += "_"
-        taken.add(name)
-        names.append(name)
-    return names
+    return output_names(paths, isinstance(shapes, Mapping), input_names)
 
 
 def _key_text(key: Any) -> str:

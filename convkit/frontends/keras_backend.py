@@ -26,14 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from convkit.artifacts import save_npz_atomic
 from convkit.errors import ExportError, InputFileError, ModelLoadError
 from convkit.frontends.base import ExportOptions, ExportResult, LoadOptions
 from convkit.frontends.worker_frontend import (
     WorkerFrontend,
     WorkerModel,
     digest,
-    load_outputs,
     remember,
     remove,
 )
@@ -172,18 +170,7 @@ class KerasBackendFrontend(WorkerFrontend):
         verbose = options.verbose or model.options.verbose
         with tempfile.TemporaryDirectory(prefix="convkit-keras-") as folder:
             workdir = Path(folder)
-            save_npz_atomic(workdir / "example.npz", example)
-            request = {
-                "kind": "export",
-                "source": model.spec,
-                "specs": [{"name": s.name, "dims": list(s.dims), "dtype": s.dtype} for s in specs],
-                "opset": options.opset,
-                "onnx": str(workdir / "exported.onnx"),
-                "example": str(workdir / "example.npz"),
-                "reference": str(workdir / "reference.npz"),
-            }
-            result = self._call(request, workdir, verbose)
-            reference = load_outputs(workdir / "reference.npz")
+            result, reference = self._export_in_worker(model, specs, example, options.opset, workdir, verbose)
             name = str(result.get("exporter") or exporter)
             try:
                 raw = onnx.load(str(workdir / "exported.onnx"))

@@ -30,7 +30,6 @@ from convkit.frontends.worker_frontend import (
     WorkerFrontend,
     WorkerModel,
     digest,
-    load_outputs,
     remember,
     remove,
 )
@@ -208,18 +207,7 @@ class PaddleFrontend(WorkerFrontend):
         verbose = options.verbose or model.options.verbose
         with tempfile.TemporaryDirectory(prefix="convkit-paddle-") as folder:
             workdir = Path(folder)
-            save_npz_atomic(workdir / "example.npz", example)
-            request = {
-                "kind": "export",
-                "source": model.spec,
-                "specs": [{"name": s.name, "dims": list(s.dims), "dtype": s.dtype} for s in specs],
-                "opset": options.opset,
-                "onnx": str(workdir / "exported.onnx"),
-                "example": str(workdir / "example.npz"),
-                "reference": str(workdir / "reference.npz"),
-            }
-            result = self._call(request, workdir, verbose)
-            reference = load_outputs(workdir / "reference.npz")
+            result, reference = self._export_in_worker(model, specs, example, options.opset, workdir, verbose)
             opset, notes = finish_model(
                 workdir / "exported.onnx",
                 Path(path),

@@ -31,6 +31,7 @@ from convkit.errors import (
 )
 from convkit.frontends.base import ExportOptions, ExportResult, LayerOutput, LoadOptions
 from convkit.inputs import InputSpec
+from convkit.onnx_names import output_names
 
 if TYPE_CHECKING:
     import torch
@@ -652,23 +653,7 @@ def _output_names(model: Any, tensors: Mapping[str, Any], input_names: Sequence[
     """``output`` for one output, ``output_N`` for a sequence, the keys (``logits``) for a dict."""
     outputs = _call_model(model, tensors)
     paths = [path for path, _ in _flatten_outputs(outputs)]
-    if paths == [()]:
-        candidates = ["output"]
-    elif isinstance(outputs, Mapping):
-        candidates = ["_".join(path) for path in paths]
-    else:
-        candidates = ["_".join(("output", *path)) for path in paths]
-    names: list[str] = []
-    taken = set(input_names)
-    for candidate in candidates:
-        name = re.sub(r"[^A-Za-z0-9_.:/-]", "_", candidate) or "output"
-        if name in taken:
-            name = f"output_{name}"
-        while name in taken:
-            name += "_"
-        taken.add(name)
-        names.append(name)
-    return names
+    return output_names(paths, isinstance(outputs, Mapping), input_names)
 
 
 # ============================================================================================= exporting

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,30 @@ class WorkerFrontend:
             outputs = load_outputs(workdir / "outputs.npz")
         remember(model, key, outputs)
         return [value.copy() for value in outputs]
+
+    def _export_in_worker(
+        self,
+        model: WorkerModel,
+        specs: Sequence[InputSpec],
+        example: Mapping[str, np.ndarray],
+        opset: int | None,
+        workdir: Path,
+        verbose: bool,
+    ) -> tuple[dict[str, Any], list[np.ndarray]]:
+        """Ask the worker to export into ``workdir/exported.onnx``; returns its result and the framework's
+        outputs for ``example`` (the reference the core checks the export against)."""
+        save_npz_atomic(workdir / "example.npz", example)
+        request = {
+            "kind": "export",
+            "source": model.spec,
+            "specs": [{"name": s.name, "dims": list(s.dims), "dtype": s.dtype} for s in specs],
+            "opset": opset,
+            "onnx": str(workdir / "exported.onnx"),
+            "example": str(workdir / "example.npz"),
+            "reference": str(workdir / "reference.npz"),
+        }
+        result = self._call(request, workdir, verbose)
+        return result, load_outputs(workdir / "reference.npz")
 
 
 def digest(arrays: Mapping[str, np.ndarray]) -> str:

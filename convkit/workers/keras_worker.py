@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
 import os
 import sys
 from collections.abc import Mapping
@@ -76,55 +75,6 @@ def _keras() -> Any:
     return keras
 
 
-def _call_factory(source: str) -> Any:
-    """Import ``module:factory`` and call it (a class is instantiated); other objects are returned."""
-    module_text, _, attr = source.rpartition(":")
-    if module_text.endswith(".py"):
-        path = Path(module_text)
-        if not path.is_file():
-            raise WorkerFailure(
-                f"source file {path} does not exist", "check the path before the ':'", "input"
-            )
-        name = f"convkit_source_{abs(hash(str(path)))}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        if spec is None or spec.loader is None:
-            raise WorkerFailure(f"cannot import {path}", kind="source")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        sys.path.insert(0, str(path.parent))
-        try:
-            spec.loader.exec_module(module)
-        except Exception as exc:
-            raise WorkerFailure(
-                f"importing {path} failed: {protocol.first_line(exc)}", kind="source"
-            ) from exc
-        finally:
-            sys.path.remove(str(path.parent))
-    else:
-        try:
-            module = importlib.import_module(module_text)
-        except ImportError as exc:
-            raise WorkerFailure(
-                f"cannot import module {module_text!r}: {protocol.first_line(exc)}",
-                "is it installed, or on PYTHONPATH? A file needs its .py suffix: path/to/file.py:factory",
-                "source",
-            ) from exc
-    target: Any = module
-    for part in attr.split("."):
-        if not hasattr(target, part):
-            available = ", ".join(sorted(n for n in dir(module) if not n.startswith("_"))[:20])
-            raise WorkerFailure(
-                f"{module_text} has no attribute {attr!r}", f"it defines: {available}", "source"
-            )
-        target = getattr(target, part)
-    if not (inspect.isclass(target) or inspect.isfunction(target) or inspect.ismethod(target)):
-        return target
-    try:
-        return target()
-    except Exception as exc:
-        raise WorkerFailure(f"calling {source} failed: {protocol.first_line(exc)}", kind="source") from exc
-
-
 def _load(source: Mapping[str, Any]) -> Any:
     keras = _keras()
     if source["kind"] == "file":
@@ -146,7 +96,7 @@ def _load(source: Mapping[str, Any]) -> Any:
                 "load",
             ) from exc
     else:
-        model = _call_factory(source["source"])
+        model = protocol.call_factory(source["source"])
     if not isinstance(model, keras.Model):
         raise WorkerFailure(
             f"{source.get('source') or source.get('path')} made a {type(model).__name__}, not a keras.Model",

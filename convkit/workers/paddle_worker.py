@@ -83,54 +83,6 @@ def _save_outputs(path: str, outputs: list[Any]) -> None:
 
 
 # ============================================================================================== models
-def _call_factory(source: str) -> Any:
-    """Import ``file.py:factory`` or ``pkg.module:factory`` and call it (as ``convkit.sources`` does)."""
-    module_text, _, attr = source.rpartition(":")
-    if module_text.endswith(".py"):
-        path = Path(module_text)
-        if not path.is_file():
-            raise WorkerFailure(
-                f"source file {path} does not exist", "check the path before the ':'", "input"
-            )
-        spec = importlib.util.spec_from_file_location(f"convkit_source_{abs(hash(str(path)))}", path)
-        if spec is None or spec.loader is None:
-            raise WorkerFailure(f"cannot import {path}", kind="source")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        sys.path.insert(0, str(path.parent))
-        try:
-            spec.loader.exec_module(module)
-        except Exception as exc:
-            raise WorkerFailure(
-                f"importing {path} failed: {protocol.first_line(exc)}", kind="source"
-            ) from exc
-        finally:
-            sys.path.remove(str(path.parent))
-    else:
-        try:
-            module = importlib.import_module(module_text)
-        except ImportError as exc:
-            raise WorkerFailure(
-                f"cannot import module {module_text!r} in the paddle environment: {exc}",
-                "is it on PYTHONPATH? A file needs its .py suffix: path/to/file.py:factory",
-                "source",
-            ) from exc
-    target: Any = module
-    for part in attr.split("."):
-        if not hasattr(target, part):
-            available = ", ".join(sorted(n for n in dir(module) if not n.startswith("_"))[:20])
-            raise WorkerFailure(
-                f"{module_text} has no attribute {attr!r}", f"it defines: {available}", "source"
-            )
-        target = getattr(target, part)
-    if not (inspect.isclass(target) or inspect.isfunction(target) or inspect.ismethod(target)):
-        return target
-    try:
-        return target()
-    except Exception as exc:
-        raise WorkerFailure(f"calling {source} failed: {protocol.first_line(exc)}", kind="source") from exc
-
-
 def _load_weights(layer: Any, path: str, unsafe_pickle: bool) -> None:
     """``.npz`` (keys = ``state_dict`` names) safely; ``.pdparams`` (a pickle) only with ``unsafe_pickle``."""
     import paddle
@@ -217,7 +169,7 @@ def _load(source: Mapping[str, Any]) -> Loaded:
         layer.eval()
         specs = [_spec_of(spec) for spec in layer._input_spec()]
         return Loaded(layer, [spec["name"] for spec in specs], specs)
-    layer = _call_factory(source["source"])
+    layer = protocol.call_factory(source["source"])
     if not isinstance(layer, paddle.nn.Layer):
         raise WorkerFailure(
             f"{source['source']} made a {type(layer).__name__}, not a paddle.nn.Layer",

@@ -16,11 +16,15 @@ core shows only with ``--verbose`` or when the worker crashes. Arrays travel in 
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import inspect
 import json
 import os
 import sys
 import traceback
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import IO, Any, NoReturn
 
 EXIT_OK = 0
@@ -109,3 +113,51 @@ def _exit(code: int) -> NoReturn:
     """
     sys.stderr.flush()
     os._exit(code)
+
+
+def call_factory(source: str) -> Any:
+    """Import ``file.py:factory`` or ``pkg.module:factory`` and call it (a class is instantiated), as
+    ``convkit.sources.load_factory`` does in the core; other objects are returned as they are."""
+    module_text, _, attr = source.rpartition(":")
+    if module_text.endswith(".py"):
+        path = Path(module_text)
+        if not path.is_file():
+            raise WorkerFailure(
+                f"source file {path} does not exist", "check the path before the ':'", "input"
+            )
+        name = f"convkit_source_{abs(hash(str(path)))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise WorkerFailure(f"cannot import {path}", kind="source")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        sys.path.insert(0, str(path.parent))
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise WorkerFailure(f"importing {path} failed: {first_line(exc)}", kind="source") from exc
+        finally:
+            sys.path.remove(str(path.parent))
+    else:
+        try:
+            module = importlib.import_module(module_text)
+        except ImportError as exc:
+            raise WorkerFailure(
+                f"cannot import module {module_text!r}: {first_line(exc)}",
+                "is it installed, or on PYTHONPATH? A file needs its .py suffix: path/to/file.py:factory",
+                "source",
+            ) from exc
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            available = ", ".join(sorted(n for n in dir(module) if not n.startswith("_"))[:20])
+            raise WorkerFailure(
+                f"{module_text} has no attribute {attr!r}", f"it defines: {available}", "source"
+            )
+        target = getattr(target, part)
+    if not (inspect.isclass(target) or inspect.isfunction(target) or inspect.ismethod(target)):
+        return target
+    try:
+        return target()
+    except Exception as exc:
+        raise WorkerFailure(f"calling {source} failed: {first_line(exc)}", kind="source") from exc
