@@ -333,11 +333,16 @@ def create_env(name: str, force: bool = False, echo: Callable[[str], None] | Non
             say(f"env {name}: creating a virtual environment with Python {platform.python_version()}")
             _run_step([sys.executable, "-m", "venv", "--clear", str(build)], "python -m venv", name)
             say(f"env {name}: installing {lock.relative_to(REPO) if lock.is_relative_to(REPO) else lock}")
-            _run_step(
-                [str(build / "bin" / "python"), "-m", "pip", "install", "--quiet", "-r", str(lock)],
-                "pip install",
-                name,
-            )
+            for number, (flags, requirements) in enumerate(lock_stages(lock)):
+                staged = build / f".convkit-stage-{number}.txt"
+                staged.write_text("\n".join(requirements) + "\n")
+                pip = [str(build / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+                _run_step(
+                    [*pip, *flags, "-r", str(staged)],
+                    f"pip install {' '.join(flags)}".rstrip(),
+                    name,
+                )
+                staged.unlink()
             stamp = {
                 **wanted_stamp(lock),
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -351,6 +356,29 @@ def create_env(name: str, force: bool = False, echo: Callable[[str], None] | Non
     installed = env_packages(name)
     packages = {p: installed[p] for p in lock_packages(lock) if p in installed}
     return CreateResult(name, env_path(name), "created", time.perf_counter() - start, packages)
+
+
+STAGE_MARKER = "# convkit-pip:"
+
+
+def lock_stages(lock: Path) -> list[tuple[list[str], list[str]]]:
+    """A lock file's install stages, in order: ``(pip flags, requirement lines)``.
+
+    A line ``# convkit-pip: --no-deps`` starts a stage installed by its own ``pip install --no-deps -r`` after
+    the ones before it; the lines before the first marker form a stage without flags.
+
+    NOTE: why stages: some old frameworks install only with flags a requirements file cannot give one package
+    (caffe2onnx with ``--no-deps`` around an uninstallable pin; Chainer's sdist with ``--no-build-isolation``,
+    which needs setuptools installed by an earlier stage).
+    """
+    stages: list[tuple[list[str], list[str]]] = [([], [])]
+    for line in lock.read_text().splitlines():
+        text = line.strip()
+        if text.startswith(STAGE_MARKER):
+            stages.append((text[len(STAGE_MARKER) :].split(), []))
+        elif text and not text.startswith("#"):
+            stages[-1][1].append(text)
+    return [(flags, lines) for flags, lines in stages if lines]
 
 
 def lock_packages(lock: Path) -> list[str]:

@@ -49,22 +49,10 @@ WorkerFailure = protocol.WorkerFailure
 EXPORTERS = {"jax": "jax2onnx", "torch": "torch.onnx (TorchScript)"}
 
 
-# ============================================================================================== arrays
-def _load_arrays(path: str) -> dict[str, Any]:
-    import numpy as np
-
-    with np.load(path, allow_pickle=False) as archive:
-        return {name: archive[name] for name in archive.files}
+load_arrays = protocol.load_arrays
+save_outputs = protocol.save_outputs
 
 
-def _save_outputs(path: str, outputs: list[Any]) -> None:
-    import numpy as np
-
-    arrays: dict[str, Any] = {f"output_{k}": np.asarray(value) for k, value in enumerate(outputs)}
-    np.savez(path, **arrays)
-
-
-# ============================================================================================== models
 def _keras() -> Any:
     import keras
 
@@ -214,8 +202,8 @@ def describe(request: dict[str, Any], channel: Any) -> dict[str, Any]:
 
 def run(request: dict[str, Any], channel: Any) -> dict[str, Any]:
     """``source``, ``inputs`` (.npz) -> ``outputs`` (.npz, ``output_0`` ...): the model in inference mode."""
-    _, outputs = _prepared(request["source"], _load_arrays(request["inputs"]), "in the data")
-    _save_outputs(request["outputs"], outputs)
+    _, outputs = _prepared(request["source"], load_arrays(request["inputs"]), "in the data")
+    save_outputs(request["outputs"], outputs)
     return {"outputs": len(outputs)}
 
 
@@ -230,7 +218,7 @@ def export(request: dict[str, Any], channel: Any) -> dict[str, Any]:
     """
     keras = _keras()
     backend = keras.config.backend()
-    example = _load_arrays(request["example"])
+    example = load_arrays(request["example"])
     specs = {spec["name"]: spec for spec in request["specs"]}
     model, outputs = _prepared(request["source"], {n: example[n] for n in specs}, "in --input")
     order = _ordered(model, list(specs), "in --input")
@@ -256,7 +244,7 @@ def export(request: dict[str, Any], channel: Any) -> dict[str, Any]:
             "--verbose shows the exporter's output",
             "export",
         ) from exc
-    _save_outputs(request["reference"], outputs)
+    save_outputs(request["reference"], outputs)
     if backend == "jax":
         import jax2onnx
 

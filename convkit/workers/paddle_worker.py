@@ -64,22 +64,9 @@ _DTYPES = {
 }
 
 
-# ============================================================================================== arrays
-def _load_arrays(path: str) -> dict[str, Any]:
-    import numpy as np
-
-    with np.load(path, allow_pickle=False) as archive:
-        return {name: archive[name] for name in archive.files}
-
-
-def _save_arrays(path: str, arrays: Mapping[str, Any]) -> None:
-    import numpy as np
-
-    np.savez(path, **{name: np.asarray(value) for name, value in arrays.items()})
-
-
-def _save_outputs(path: str, outputs: list[Any]) -> None:
-    _save_arrays(path, {f"output_{k}": value for k, value in enumerate(outputs)})
+load_arrays = protocol.load_arrays
+save_arrays = protocol.save_arrays
+save_outputs = protocol.save_outputs
 
 
 # ============================================================================================== models
@@ -92,7 +79,7 @@ def _load_weights(layer: Any, path: str, unsafe_pickle: bool) -> None:
         raise WorkerFailure(f"weights file {file} does not exist", "check --weights", "input")
     if file.suffix == ".npz":
         try:
-            state = _load_arrays(str(file))
+            state = load_arrays(str(file))
         except Exception as exc:
             raise WorkerFailure(f"cannot read {file}: {protocol.first_line(exc)}", kind="load") from exc
     elif not unsafe_pickle:
@@ -195,7 +182,7 @@ def _pin_weights(layer: Any, snapshot: str) -> None:
     import paddle
 
     if os.path.isfile(snapshot):
-        layer.set_state_dict({k: paddle.to_tensor(v) for k, v in _load_arrays(snapshot).items()})
+        layer.set_state_dict({k: paddle.to_tensor(v) for k, v in load_arrays(snapshot).items()})
         return
     state = {key: np.asarray(value.numpy()) for key, value in layer.state_dict().items()}
     partial = f"{snapshot}.{os.getpid()}.npz"
@@ -211,17 +198,8 @@ def _spec_of(spec: Any) -> dict[str, Any]:
 
 
 def _ordered(loaded: Loaded, names: list[str], what: str) -> list[str]:
-    """``names`` in the model's call order, checked against the names it takes."""
-    if loaded.names is None:
-        return names
-    if sorted(names) != sorted(loaded.names):
-        raise WorkerFailure(
-            f"the model's inputs are {', '.join(loaded.names) or 'none'}, not {', '.join(names) or 'none'} "
-            f"({what})",
-            "name the inputs after the model's (forward's parameters): --input NAME:DIMS",
-            "data",
-        )
-    return list(loaded.names)
+    """``names`` in the model's call order (forward's parameters), checked against the names it takes."""
+    return list(protocol.ordered_names(loaded.names, names, what))
 
 
 def _flatten(value: Any) -> list[Any]:
@@ -257,8 +235,8 @@ def describe(request: dict[str, Any], channel: Any) -> dict[str, Any]:
 def run(request: dict[str, Any], channel: Any) -> dict[str, Any]:
     """``source``, ``inputs`` (.npz) -> ``outputs`` (.npz, ``output_0`` ...): the model run eagerly."""
     loaded = _load(request["source"])
-    outputs = _run(loaded, _load_arrays(request["inputs"]), "in the data")
-    _save_outputs(request["outputs"], outputs)
+    outputs = _run(loaded, load_arrays(request["inputs"]), "in the data")
+    save_outputs(request["outputs"], outputs)
     return {"outputs": len(outputs)}
 
 
@@ -362,9 +340,9 @@ def export(request: dict[str, Any], channel: Any) -> dict[str, Any]:
             }
         model = _paddle2onnx(program, params, opset)
     Path(request["onnx"]).write_bytes(model)
-    example = _load_arrays(request["example"])
+    example = load_arrays(request["example"])
     outputs = _run(loaded, {name: example[name] for name in order}, "in the example")
-    _save_outputs(request["reference"], outputs)
+    save_outputs(request["reference"], outputs)
     return {
         "input_names": order,
         "param_names": param_names,
@@ -380,25 +358,26 @@ def _reference_module() -> Any:
 def reference_cnn(request: dict[str, Any], channel: Any) -> dict[str, Any]:
     """``weights`` (canonical .npz), ``folder`` -> the reference CNN saved there as an inference model.
 
-    Result: ``prefix``, ``model_file``, ``params_file`` (an ``inference`` source for later requests).
+    Result: ``source``, the ``inference`` source spec that later requests load.
     """
     import paddle
 
     reference = _reference_module()
     try:
-        model = reference.build_reference_cnn(_load_arrays(request["weights"]))
+        model = reference.build_reference_cnn(load_arrays(request["weights"]))
     except ValueError as exc:
         raise WorkerFailure(str(exc), kind="data") from exc
     spec = paddle.static.InputSpec([None, 1, 28, 28], "float32", "x")
     program, params = _save_inference(model, [spec], request["folder"])
-    return {"prefix": os.path.join(request["folder"], "model"), "model_file": program, "params_file": params}
+    prefix = os.path.join(request["folder"], "model")
+    return {"source": {"kind": "inference", "prefix": prefix, "model_file": program, "params_file": params}}
 
 
 def train_reference_cnn(request: dict[str, Any], channel: Any) -> dict[str, Any]:
     """``data`` (.npz: x_train, y_train, x_test, y_test), ``epochs``, ``seed`` -> ``weights`` (canonical
     .npz). Sends ``{"progress": {"epoch", "epochs", "metrics"}}`` after each epoch."""
     reference = _reference_module()
-    data = _load_arrays(request["data"])
+    data = load_arrays(request["data"])
 
     def report(epoch: int, epochs: int, metrics: dict[str, float]) -> None:
         channel.progress(epoch=epoch, epochs=epochs, metrics=metrics)
@@ -409,7 +388,7 @@ def train_reference_cnn(request: dict[str, Any], channel: Any) -> dict[str, Any]
         int(request["seed"]),
         report,
     )
-    _save_arrays(request["weights"], weights)
+    save_arrays(request["weights"], weights)
     return {"epochs": int(request["epochs"])}
 
 

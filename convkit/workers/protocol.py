@@ -115,6 +115,45 @@ def _exit(code: int) -> NoReturn:
     os._exit(code)
 
 
+def load_arrays(path: str) -> dict[str, Any]:
+    """The named arrays of an ``.npz`` file, read without unpickling anything."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def save_arrays(path: str, arrays: Mapping[str, Any]) -> None:
+    """Write named arrays as an ``.npz`` file (the core reads them with ``allow_pickle=False``)."""
+    import numpy as np
+
+    named: dict[str, Any] = {name: np.asarray(value) for name, value in arrays.items()}
+    np.savez(path, **named)
+
+
+def save_outputs(path: str, outputs: list[Any]) -> None:
+    """Write a model's outputs in order, as ``output_0``, ``output_1`` ... (what the core reads back)."""
+    save_arrays(path, {f"output_{k}": value for k, value in enumerate(outputs)})
+
+
+def ordered_names(model_names: list[str] | None, names: list[str], what: str) -> list[str]:
+    """``names`` in the model's call order (``model_names``; ``None`` when the model does not say).
+
+    Raises:
+        WorkerFailure: the names differ from the model's (kind ``data``), naming both sets.
+    """
+    if model_names is None:
+        return names
+    if sorted(names) != sorted(model_names):
+        raise WorkerFailure(
+            f"the model's inputs are {', '.join(model_names) or 'none'}, not {', '.join(names) or 'none'} "
+            f"({what})",
+            "name the inputs after the model's: --input NAME:DIMS",
+            "data",
+        )
+    return list(model_names)
+
+
 def call_factory(source: str) -> Any:
     """Import ``file.py:factory`` or ``pkg.module:factory`` and call it (a class is instantiated), as
     ``convkit.sources.load_factory`` does in the core; other objects are returned as they are."""

@@ -98,6 +98,19 @@ def test_lock_packages_reads_names_in_order(tmp_path):
     assert envs.lock_packages(lock) == ["paddlepaddle", "typing-extensions", "onnx"]
 
 
+def test_lock_stages_split_at_pip_flag_markers(tmp_path):
+    lock = tmp_path / "x.lock"
+    lock.write_text(
+        "# header\nnumpy==1.23.5\nsetuptools==69.5.1\n# convkit-pip: --no-deps --no-build-isolation\n"
+        "chainer==7.8.1  # sdist\n# convkit-pip: --no-deps\n"
+    )
+    assert envs.lock_stages(lock) == [
+        ([], ["numpy==1.23.5", "setuptools==69.5.1"]),
+        (["--no-deps", "--no-build-isolation"], ["chainer==7.8.1  # sdist"]),
+    ]
+    assert envs.lock_packages(lock) == ["numpy", "setuptools", "chainer"]
+
+
 def test_create_is_idempotent_and_publishes_a_ready_env(locks):
     lock = locks / "demo.lock"
     lock.write_text("# no packages: a bare virtual environment\n")
