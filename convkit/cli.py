@@ -588,14 +588,19 @@ def env() -> None:
 
 
 @env.command("create")
-@click.argument("name")
+@click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option("--force", is_flag=True, help="rebuild even when the environment is up to date.")
-def env_create(name: str, force: bool) -> None:
-    """Create environment NAME from scripts/envs/NAME.lock (a no-op when it is up to date)."""
-    from convkit.envs import create_env
+def env_create(names: tuple[str, ...], force: bool) -> None:
+    """Create environment NAME from scripts/envs/NAME.lock (a no-op when it is up to date); every known
+    environment when no NAME is given."""
+    from convkit.envs import create_env, known_envs, lock_path
 
-    result = create_env(name, force, lambda line: click.echo(line, err=True))
-    click.echo(result.describe())
+    chosen = list(names) or known_envs()
+    for name in chosen:
+        lock_path(name)  # an unknown name fails before anything is built
+    for name in chosen:
+        result = create_env(name, force, lambda line: click.echo(line, err=True))
+        click.echo(result.describe())
 
 
 @env.command("list")

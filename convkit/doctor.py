@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from convkit.frontends import FRONTENDS
+from convkit.frontends import FRONTENDS, PLANNED
 
 PROBE_TIMEOUT_S = 120
 
@@ -36,7 +36,8 @@ class FrameworkState:
 
     framework: str
     status: str
-    """``ready``, ``not installed`` or ``blocked`` (installed, but it fails to load)."""
+    """``ready``, ``not installed``, ``blocked`` (installed, but it fails to load) or ``planned`` (no front
+    end yet: ``reason`` says what blocks it)."""
     versions: dict[str, str] = field(default_factory=dict)
     reason: str | None = None
     install: str | None = None
@@ -90,7 +91,8 @@ def _state(name: str, done: subprocess.CompletedProcess[str] | None) -> Framewor
 
 def probe_frameworks(names: list[str] | None = None) -> list[FrameworkState]:
     """Probe each front end in its own interpreter, all at once; the result follows ``names``' order."""
-    names = names or list(FRONTENDS)
+    wanted = names or [*FRONTENDS, *PLANNED]
+    names = [name for name in wanted if name in FRONTENDS]
     env = dict(os.environ, PYTHONWARNINGS="ignore", TF_CPP_MIN_LOG_LEVEL="3")
     running = {
         name: subprocess.Popen(
@@ -114,6 +116,11 @@ def probe_frameworks(names: list[str] | None = None) -> list[FrameworkState]:
             process.communicate()
             done = None
         states.append(_state(name, done))
+    # NOTE: why planned rows too: the founding document names these frameworks; doctor says what blocks
+    # each rather than leaving it out (they do not count as a broken install: the exit code ignores them).
+    states += [
+        FrameworkState(name, "planned", reason=reason) for name, reason in PLANNED.items() if name in wanted
+    ]
     return states
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from convkit.compare import Tolerance, compare_arrays
 from convkit.errors import ConvkitError
-from convkit.frontends import FRONTENDS, get_frontend
+from convkit.frontends import FRONTENDS, PLANNED, get_frontend
 from convkit.inputs import InputSpec
 from convkit.reference_cnn import CANONICAL_WEIGHTS, load_digits, load_weights
 from convkit.runtime import SessionOptions
@@ -155,6 +155,10 @@ def run_matrix(
         report.frameworks.append(result)
         if probs is not None:
             outputs[name] = probs
+    if not frameworks:
+        report.frameworks += [
+            FrameworkResult(name, "unavailable", reason=why) for name, why in PLANNED.items()
+        ]
     for a in outputs:
         report.pairwise[a] = {}
         for b in outputs:

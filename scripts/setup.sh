@@ -24,8 +24,9 @@ else
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . 2> >(grep -v "is ignored: it is neither" >&2)
     echo "$want" > "$stamp"
 fi
-# NOTE: why a second environment: PaddlePaddle's pins cannot live in .venv (paddle2onnx needs onnx<=1.17)
-# and Paddle cannot share a process with TensorFlow; convkit drives it as a subprocess worker. Idempotent
-# too: about 0.1 s when up to date, 20 s the first time.
-"$venv/bin/convkit" env create paddle
+# NOTE: why more environments: frameworks whose pins cannot live in .venv (PaddlePaddle: onnx<=1.17; MXNet and
+# Chainer: numpy<2; caffe2onnx, onnx-chainer: pins of their own) run in environments of their own
+# (scripts/envs/*.lock), driven by convkit as subprocess workers. Idempotent too: about 0.1 s each when up to
+# date, 5-20 s each the first time.
+"$venv/bin/convkit" env create
 echo "setup: done; run .venv/bin/convkit --help"

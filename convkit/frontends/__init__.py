@@ -12,6 +12,7 @@ from convkit.frontends.base import ExportOptions, ExportResult, Frontend, LoadOp
 
 __all__ = [
     "FRONTENDS",
+    "PLANNED",
     "ExportOptions",
     "ExportResult",
     "Frontend",
@@ -35,13 +36,27 @@ ALIASES: dict[str, str] = {
     "tf": "tensorflow",
     "flax": "jax",
     "paddlepaddle": "paddle",
+    "deeplearning4j": "dl4j",
 }
+PLANNED: dict[str, str] = {
+    "dl4j": "blocked: needs Maven Central, which this machine cannot reach (DeepLearning4j's Java "
+    "artifacts come only from there), and DL4J cannot export ONNX (only an unmerged pull request); the "
+    "intended path is ONNX imported into SameDiff, checked against onnxruntime",
+}
+"""Frameworks named in the founding document with no front end yet: why, and the path intended for them."""
 
 
 def canonical_name(name: str) -> str:
-    """``keras`` -> ``tensorflow`` and the like; raises ``UnknownFrameworkError`` listing the choices."""
+    """``keras`` -> ``tensorflow`` and the like.
+
+    Raises:
+        UnknownFrameworkError: no such framework (the message lists the choices).
+        FrameworkUnavailableError: a framework convkit plans for but has no front end for (``dl4j``).
+    """
     key = name.strip().lower()
     key = ALIASES.get(key, key)
+    if key in PLANNED:
+        raise FrameworkUnavailableError(f"there is no {key} front end yet: {PLANNED[key]}")
     if key not in FRONTENDS:
         choices = ", ".join(sorted([*FRONTENDS, *ALIASES]))
         raise UnknownFrameworkError(f"unknown framework {name!r}", f"choose one of: {choices}")

@@ -57,3 +57,14 @@ def test_a_framework_environment_not_created_says_how_to_create_it(tmp_path):
     assert done.returncode == 0, done.stderr
     paddle = next(f for f in json.loads(done.stdout)["frameworks"] if f["framework"] == "paddle")
     assert paddle["status"] == "not installed" and paddle["install"] == "convkit env create paddle"
+
+
+def test_deeplearning4j_is_listed_as_planned_with_what_blocks_it_and_does_not_fail_doctor():
+    done = run_convkit("doctor", "--json")
+    assert done.returncode == 0, done.stderr
+    dl4j = next(f for f in json.loads(done.stdout)["frameworks"] if f["framework"] == "dl4j")
+    assert dl4j["status"] == "planned" and dl4j["reason"].startswith("blocked: needs Maven Central")
+    # asking for it by name says the same in one line, exit 2
+    export = run_convkit("export", "model.zip", "--framework", "deeplearning4j", "-o", "out.onnx")
+    assert export.returncode == 2 and "Traceback" not in export.stderr
+    assert "no dl4j front end yet: blocked: needs Maven Central" in export.stderr
