@@ -57,7 +57,12 @@ def train(
     fit = getattr(frontend, "train_reference_cnn", None)
     build = getattr(frontend, "reference_cnn", None)
     if fit is None or build is None:
-        raise ConvkitError(f"the {frontend.name} front end cannot train the reference CNN yet")
+        why = getattr(frontend, "cannot_train", None) or "not implemented yet"
+        raise ConvkitError(
+            f"the {frontend.name} front end cannot train the reference CNN: {why}",
+            "train it in another framework (convkit train --framework torch -o weights.npz): canonical "
+            "weights load into every framework's reference CNN (convkit matrix --weights weights.npz)",
+        )
     x_train, y_train, x_test, y_test = data = load_digits(seed)
     start = time.perf_counter()
     history: list[dict[str, float]] = []
