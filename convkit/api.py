@@ -258,7 +258,10 @@ def verify_native(
     localize: str | None = None,
 ) -> ParityReport:
     """Compare onnxruntime with an already loaded framework model on labelled data sets."""
-    reference = f"{frontend.name} {frontend.versions().get(frontend.name, '')}".strip()
+    # NOTE: why a runner name: where the framework itself cannot run (Caffe) or goes by another name
+    # (Theano's successor PyTensor), the report names what computed the reference outputs.
+    runner = getattr(frontend, "native_runner", frontend.name)
+    reference = f"{runner} {frontend.versions().get(runner, '')}".strip()
     checks = [
         (label, feeds, _outputs_by_name(frontend.run(native, feeds), model.output_names, frontend))
         for label, feeds in data_sets

@@ -29,6 +29,10 @@ FRONTENDS: dict[str, str] = {
     "paddle": "convkit.frontends.paddle:PaddleFrontend",
     "keras-jax": "convkit.frontends.keras_backend:KerasJaxFrontend",
     "keras-torch": "convkit.frontends.keras_backend:KerasTorchFrontend",
+    "mxnet": "convkit.frontends.mxnet:MXNetFrontend",
+    "chainer": "convkit.frontends.chainer:ChainerFrontend",
+    "caffe": "convkit.frontends.caffe:CaffeFrontend",
+    "theano": "convkit.frontends.theano:TheanoFrontend",
 }
 ALIASES: dict[str, str] = {
     "pytorch": "torch",
@@ -36,6 +40,8 @@ ALIASES: dict[str, str] = {
     "tf": "tensorflow",
     "flax": "jax",
     "paddlepaddle": "paddle",
+    "gluon": "mxnet",
+    "pytensor": "theano",
     "deeplearning4j": "dl4j",
 }
 PLANNED: dict[str, str] = {

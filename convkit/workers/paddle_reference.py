@@ -17,9 +17,9 @@ import numpy as np
 
 # NOTE: why module-level here (TID253 bans it elsewhere): this file runs only in the PaddlePaddle
 # environment, never in the core process, and its class must subclass paddle.nn.Layer.
-import paddle  # noqa: TID253
-from paddle import nn  # noqa: TID253
-from paddle.nn import functional  # noqa: TID253
+import paddle
+from paddle import nn
+from paddle.nn import functional
 
 SHAPES: dict[str, tuple[int, ...]] = {
     "conv1.weight": (32, 1, 3, 3),

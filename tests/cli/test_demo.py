@@ -20,6 +20,9 @@ def test_demo_exports_verifies_and_runs_everything_installed(tmp_path):
         assert f"verify {framework} reference_cnn" in done.stdout
         model = tmp_path / "demo" / f"{framework}_reference_cnn" / "model.onnx"
         assert model.is_file() and (model.parent / "test_data_set_0" / "input_0.pb").is_file()
-    for a, b in itertools.combinations(ready, 2):
-        assert f"agree {a} vs {b}" in done.stdout
+    for b in ready[1:]:
+        assert f"agree {ready[0]} vs {b}" in done.stdout
+    if len(ready) > 2:
+        pairs = len(list(itertools.combinations(ready, 2)))
+        assert f"agree all {pairs} pairs" in done.stdout
     assert "FAIL" not in done.stdout
