@@ -6,7 +6,8 @@ Such a front end keeps only a handle in the core process and sends each job (exp
 reference CNN) to a worker script run by the framework environment's interpreter (``convkit.envs``).
 
 - ``client``: the core side: ``call_worker`` runs one request and maps its answer to a result or an error.
-- ``protocol``: the worker side, standard library only, imported by path by each worker script.
+- ``protocol``: the worker side, standard library only: it starts each worker process, loads the worker
+  script by path and serves its handlers; the scripts import its helpers.
 - ``<framework>_worker.py``: one script per framework; it imports the framework, numpy and onnx, never
   convkit.
 """

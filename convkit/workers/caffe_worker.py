@@ -1,8 +1,9 @@
 """The Caffe worker: runs one request in the Caffe environment (``convkit env create caffe``).
 
-Run as ``<env>/bin/python caffe_worker.py REQUEST.json`` by ``convkit.frontends.caffe``; it imports
-caffe2onnx, OpenCV, numpy, protobuf and onnx, never convkit, and loads ``protocol.py``, ``caffe_proto.py``,
-``caffe_net.py`` and ``caffe_reference.py`` from its own folder by path.
+Run as ``<env>/bin/python protocol.py caffe_worker.py REQUEST.json`` by ``convkit.frontends.caffe``
+(``protocol.py`` starts the process and serves ``HANDLERS``); it imports caffe2onnx, OpenCV, numpy,
+protobuf and onnx, never convkit, and loads ``caffe_proto.py``, ``caffe_net.py`` and ``caffe_reference.py``
+from its own folder by path.
 
 Caffe itself has no installable package. A Caffe model is its deploy prototxt and its caffemodel: caffe2onnx
 converts them to ONNX, and OpenCV's Caffe importer (``cv2.dnn.readNetFromCaffe``), which implements Caffe's
@@ -33,28 +34,13 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-# NOTE: why: running a script puts its folder first on sys.path; a user's factory importing a module named
-# like one of ours (client, protocol) must find its own, so the folder goes and ours load by path.
-if sys.path and Path(sys.path[0] or ".").resolve() == HERE:
-    sys.path.pop(0)
+# NOTE: why this name: protocol.py starts every worker process and registers itself under it (see its main)
+import convkit_worker_protocol as protocol
 
-
-def _load_sibling(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"convkit_worker_{name}", HERE / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-protocol = _load_sibling("protocol")
-caffe_proto = _load_sibling("caffe_proto")
-caffe_net = _load_sibling("caffe_net")
+caffe_proto = protocol.load_sibling("caffe_proto")
+caffe_net = protocol.load_sibling("caffe_net")
 WorkerFailure = protocol.WorkerFailure
 load_arrays = protocol.load_arrays
 save_outputs = protocol.save_outputs
@@ -455,7 +441,7 @@ def reference_cnn(request: dict[str, Any], channel: Any) -> dict[str, Any]:
     it."""
     from google.protobuf import text_format
 
-    reference = sys.modules.get("convkit_worker_caffe_reference") or _load_sibling("caffe_reference")
+    reference = protocol.load_sibling("caffe_reference")
     try:
         blobs = reference.reference_blobs(load_arrays(request["weights"]))
     except ValueError as exc:
@@ -469,6 +455,3 @@ def reference_cnn(request: dict[str, Any], channel: Any) -> dict[str, Any]:
 
 
 HANDLERS = {"describe": describe, "run": run, "export": export, "reference_cnn": reference_cnn}
-
-if __name__ == "__main__":
-    protocol.serve(HANDLERS)

@@ -1,8 +1,9 @@
 """The Chainer worker: runs one request in the Chainer environment (``convkit env create chainer``).
 
-Run as ``<env>/bin/python chainer_worker.py REQUEST.json`` by ``convkit.frontends.chainer``; it imports
-chainer, onnx_chainer, numpy and onnx, never convkit (the environment does not have it), and loads
-``protocol.py`` and ``chainer_reference.py`` from its own folder by path.
+Run as ``<env>/bin/python protocol.py chainer_worker.py REQUEST.json`` by ``convkit.frontends.chainer``
+(``protocol.py`` starts the process and serves ``HANDLERS``); it imports chainer, onnx_chainer, numpy and
+onnx, never convkit (the environment does not have it), and loads ``chainer_reference.py`` from its own
+folder by path.
 
 A model source in a request is ``{"kind": "factory", "source": "/abs/file.py:factory" | "pkg.module:factory",
 "weights": PATH | null, "unsafe_pickle": bool, "snapshot": PATH | null}``: the factory is imported and called
@@ -17,34 +18,17 @@ the formats are ``paddle_worker.py``'s).
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import os
 import re
-import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-# NOTE: why: running a script puts its folder first on sys.path; a user's factory importing a module named
-# like one of ours (client, protocol) must find its own, so the folder goes and ours load by path.
-if sys.path and Path(sys.path[0] or ".").resolve() == HERE:
-    sys.path.pop(0)
+# NOTE: why this name: protocol.py starts every worker process and registers itself under it (see its main)
+import convkit_worker_protocol as protocol
 
-
-def _load_sibling(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"convkit_worker_{name}", HERE / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-protocol = _load_sibling("protocol")
 WorkerFailure = protocol.WorkerFailure
 load_arrays = protocol.load_arrays
 save_arrays = protocol.save_arrays
@@ -115,28 +99,12 @@ def _load_weights(link: Any, path: str, unsafe_pickle: bool) -> None:
         )
     state = _read_npz(file, unsafe_pickle)
     own = _state_of(link)
-    wrong = [
-        f"{k} {list(v.shape)} (want {list(own[k].shape)})"
-        for k, v in state.items()
-        if own.get(k) is not None and v.shape != own[k].shape
-    ]
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if wrong or missing or unexpected:
-        details = "; ".join(
-            text
-            for text in (
-                f"missing {', '.join(missing[:8])}" if missing else "",
-                f"unexpected {', '.join(unexpected[:8])}" if unexpected else "",
-                f"wrong shape {', '.join(wrong[:8])}" if wrong else "",
-            )
-            if text
-        )
-        raise WorkerFailure(
-            f"the weights in {file} do not fit the model: {details}",
-            "save them from this model with chainer.serializers.save_npz (keys like conv1/W)",
-            "load",
-        )
+    protocol.check_weights_fit(
+        file,
+        {key: None if value is None else tuple(value.shape) for key, value in own.items()},
+        {key: tuple(value.shape) for key, value in state.items()},
+        "save them from this model with chainer.serializers.save_npz (keys like conv1/W)",
+    )
     try:
         NpzDeserializer(state, strict=True).load(link)
     except Exception as exc:
@@ -423,7 +391,7 @@ def export(request: dict[str, Any], channel: Any) -> dict[str, Any]:
 
 
 def _reference_module() -> Any:
-    return sys.modules.get("convkit_worker_chainer_reference") or _load_sibling("chainer_reference")
+    return protocol.load_sibling("chainer_reference")
 
 
 def reference_cnn(request: dict[str, Any], channel: Any) -> dict[str, Any]:
@@ -445,7 +413,7 @@ def reference_cnn(request: dict[str, Any], channel: Any) -> dict[str, Any]:
     return {
         "source": {
             "kind": "factory",
-            "source": f"{HERE / 'chainer_reference.py'}:ReferenceCNN",
+            "source": f"{protocol.HERE / 'chainer_reference.py'}:ReferenceCNN",
             "weights": target,
             "unsafe_pickle": False,
             "snapshot": None,
@@ -454,22 +422,9 @@ def reference_cnn(request: dict[str, Any], channel: Any) -> dict[str, Any]:
 
 
 def train_reference_cnn(request: dict[str, Any], channel: Any) -> dict[str, Any]:
-    """``data`` (.npz: x_train, y_train, x_test, y_test), ``epochs``, ``seed`` -> ``weights`` (canonical
-    .npz). Sends ``{"progress": {"epoch", "epochs", "metrics"}}`` after each epoch."""
-    reference = _reference_module()
-    data = load_arrays(request["data"])
-
-    def report(epoch: int, epochs: int, metrics: dict[str, float]) -> None:
-        channel.progress(epoch=epoch, epochs=epochs, metrics=metrics)
-
-    weights = reference.train_reference_cnn(
-        (data["x_train"], data["y_train"], data["x_test"], data["y_test"]),
-        int(request["epochs"]),
-        int(request["seed"]),
-        report,
-    )
-    save_arrays(request["weights"], weights)
-    return {"epochs": int(request["epochs"])}
+    """Train the reference CNN the Chainer way (``chainer_reference.py``); the request is
+    ``protocol.train_reference_cnn``'s."""
+    return protocol.train_reference_cnn(request, channel, _reference_module().train_reference_cnn)
 
 
 HANDLERS = {
@@ -479,6 +434,3 @@ HANDLERS = {
     "reference_cnn": reference_cnn,
     "train_reference_cnn": train_reference_cnn,
 }
-
-if __name__ == "__main__":
-    protocol.serve(HANDLERS)

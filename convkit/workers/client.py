@@ -1,8 +1,8 @@
 """The core side of the worker protocol (see ``convkit.workers.protocol`` for the worker side).
 
-``call_worker`` writes a request file, runs ``<env>/bin/python <worker script> <request.json>``, turns
-progress lines into callbacks, and returns the result or raises a ``ConvkitError``: the worker's own error
-(mapped to the matching type), a crash (a signal: "crashed with SIGSEGV (exit code 139)") or a timeout.
+``call_worker`` writes a request file, runs ``<env>/bin/python protocol.py <worker script> <request.json>``,
+turns progress lines into callbacks, and returns the result or raises a ``ConvkitError``: the worker's own
+error (mapped to the matching type), a crash (a signal: "crashed with SIGSEGV (exit code 139)") or a timeout.
 """
 
 from __future__ import annotations
@@ -154,7 +154,12 @@ def call_worker(
     env.pop("PYTHONHOME", None)
     with open(stderr_path, "wb") as stderr_file:
         process = subprocess.Popen(
-            [str(worker.python), str(worker.script), str(request_path)],
+            [
+                str(worker.python),
+                str(Path(__file__).with_name("protocol.py")),
+                str(worker.script),
+                str(request_path),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=None if verbose else stderr_file,

@@ -1,9 +1,10 @@
 """The Keras worker: runs one request with Keras 3 on its JAX or PyTorch backend.
 
-Run as ``python keras_worker.py REQUEST.json`` by ``convkit.frontends.keras_backend`` with the core's own
-interpreter and ``KERAS_BACKEND`` set in its environment. NOTE: why a process of its own: Keras picks its
-backend once per process, when it is first imported, and the core process uses Keras on TensorFlow. It
-imports keras, numpy and the backend, never convkit, and loads ``protocol.py`` from its own folder by path.
+Run as ``python protocol.py keras_worker.py REQUEST.json`` by ``convkit.frontends.keras_backend`` with
+the core's own interpreter and ``KERAS_BACKEND`` set in its environment (``protocol.py`` starts the process
+and serves ``HANDLERS``). NOTE: why a process of its own: Keras picks its backend once per process, when it
+is first imported, and the core process uses Keras on TensorFlow. It imports keras, numpy and the backend,
+never convkit.
 
 A model source in a request is one of:
 
@@ -18,32 +19,14 @@ Requests: ``describe``, ``run``, ``export`` (see each handler).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import sys
 from collections.abc import Mapping
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-# NOTE: why: running a script puts its folder first on sys.path; a user's factory importing a module named
-# like one of ours (client, protocol) must find its own, so the folder goes and ours load by path.
-if sys.path and Path(sys.path[0] or ".").resolve() == HERE:
-    sys.path.pop(0)
+# NOTE: why this name: protocol.py starts every worker process and registers itself under it (see its main)
+import convkit_worker_protocol as protocol
 
-
-def _load_sibling(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"convkit_worker_{name}", HERE / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-protocol = _load_sibling("protocol")
 WorkerFailure = protocol.WorkerFailure
 
 EXPORTERS = {"jax": "jax2onnx", "torch": "torch.onnx (TorchScript)"}
@@ -262,6 +245,3 @@ def export(request: dict[str, Any], channel: Any) -> dict[str, Any]:
 
 
 HANDLERS = {"describe": describe, "run": run, "export": export}
-
-if __name__ == "__main__":
-    protocol.serve(HANDLERS)

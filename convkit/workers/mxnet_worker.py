@@ -1,8 +1,8 @@
 """The Apache MXNet worker: runs one request in the MXNet environment (``convkit env create mxnet``).
 
-Run as ``<env>/bin/python mxnet_worker.py REQUEST.json`` by ``convkit.frontends.mxnet``; it imports mxnet,
-numpy and onnx, never convkit (the environment does not have it), and loads ``protocol.py`` and
-``mxnet_reference.py`` from its own folder by path.
+Run as ``<env>/bin/python protocol.py mxnet_worker.py REQUEST.json`` by ``convkit.frontends.mxnet``
+(``protocol.py`` starts the process and serves ``HANDLERS``); it imports mxnet, numpy and onnx, never
+convkit (the environment does not have it), and loads ``mxnet_reference.py`` from its own folder by path.
 
 A model source in a request is one of:
 
@@ -20,7 +20,6 @@ their formats are ``paddle_worker.py``'s).
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import logging
@@ -28,29 +27,13 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-# NOTE: why: running a script puts its folder first on sys.path; a user's factory importing a module named
-# like one of ours (client, protocol) must find its own, so the folder goes and ours load by path.
-if sys.path and Path(sys.path[0] or ".").resolve() == HERE:
-    sys.path.pop(0)
+# NOTE: why this name: protocol.py starts every worker process and registers itself under it (see its main)
+import convkit_worker_protocol as protocol
 
-
-def _load_sibling(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"convkit_worker_{name}", HERE / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-protocol = _load_sibling("protocol")
 WorkerFailure = protocol.WorkerFailure
 load_arrays = protocol.load_arrays
-save_arrays = protocol.save_arrays
 save_outputs = protocol.save_outputs
 
 # NOTE: why 13 and only 12 and 13: mx.onnx has translations for opsets 12 and 13 only, yet stamps the
@@ -180,28 +163,13 @@ def _load_weights(block: Any, path: str) -> None:
     except Exception as exc:
         raise WorkerFailure(f"cannot read {file}: {_mx_failure(exc)}", kind="load") from exc
     own = _structured(block)
-    wrong = [
-        f"{k} {list(v.shape)} (want {list(own[k].shape)})"
-        for k, v in state.items()
-        if k in own and not _fits(tuple(v.shape), tuple(own[k].shape or ()))
-    ]
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if wrong or missing or unexpected:
-        details = "; ".join(
-            text
-            for text in (
-                f"missing {', '.join(missing[:8])}" if missing else "",
-                f"unexpected {', '.join(unexpected[:8])}" if unexpected else "",
-                f"wrong shape {', '.join(wrong[:8])}" if wrong else "",
-            )
-            if text
-        )
-        raise WorkerFailure(
-            f"the weights in {file} do not fit the model: {details}",
-            "key the arrays by the block's parameter paths (fc1.weight), as save_parameters does",
-            "load",
-        )
+    protocol.check_weights_fit(
+        file,
+        {key: tuple(value.shape or ()) for key, value in own.items()},
+        {key: tuple(value.shape) for key, value in state.items()},
+        "key the arrays by the block's parameter paths (fc1.weight), as save_parameters does",
+        _fits,
+    )
     _set_parameters(block, state)
 
 
@@ -534,7 +502,7 @@ def export(request: dict[str, Any], channel: Any) -> dict[str, Any]:
 
 
 def _reference_module() -> Any:
-    return sys.modules.get("convkit_worker_mxnet_reference") or _load_sibling("mxnet_reference")
+    return protocol.load_sibling("mxnet_reference")
 
 
 def reference_cnn(request: dict[str, Any], channel: Any) -> dict[str, Any]:
@@ -564,22 +532,9 @@ def reference_cnn(request: dict[str, Any], channel: Any) -> dict[str, Any]:
 
 
 def train_reference_cnn(request: dict[str, Any], channel: Any) -> dict[str, Any]:
-    """``data`` (.npz: x_train, y_train, x_test, y_test), ``epochs``, ``seed`` -> ``weights`` (canonical
-    .npz). Sends ``{"progress": {"epoch", "epochs", "metrics"}}`` after each epoch."""
-    reference = _reference_module()
-    data = load_arrays(request["data"])
-
-    def report(epoch: int, epochs: int, metrics: dict[str, float]) -> None:
-        channel.progress(epoch=epoch, epochs=epochs, metrics=metrics)
-
-    weights = reference.train_reference_cnn(
-        (data["x_train"], data["y_train"], data["x_test"], data["y_test"]),
-        int(request["epochs"]),
-        int(request["seed"]),
-        report,
-    )
-    save_arrays(request["weights"], weights)
-    return {"epochs": int(request["epochs"])}
+    """Train the reference CNN the MXNet way (``mxnet_reference.py``); the request is
+    ``protocol.train_reference_cnn``'s."""
+    return protocol.train_reference_cnn(request, channel, _reference_module().train_reference_cnn)
 
 
 HANDLERS = {
@@ -589,6 +544,3 @@ HANDLERS = {
     "reference_cnn": reference_cnn,
     "train_reference_cnn": train_reference_cnn,
 }
-
-if __name__ == "__main__":
-    protocol.serve(HANDLERS)

@@ -1,8 +1,9 @@
 """The PaddlePaddle worker: runs one request in the PaddlePaddle environment (``convkit env create paddle``).
 
-Run as ``<env>/bin/python paddle_worker.py REQUEST.json`` by ``convkit.frontends.paddle``; it imports
-paddle, paddle2onnx, numpy and onnx, never convkit (the environment does not have it), and loads
-``protocol.py`` and ``paddle_reference.py`` from its own folder by path.
+Run as ``<env>/bin/python protocol.py paddle_worker.py REQUEST.json`` by ``convkit.frontends.paddle``
+(``protocol.py`` starts the process and serves ``HANDLERS``); it imports paddle, paddle2onnx, numpy and
+onnx, never convkit (the environment does not have it), and loads ``paddle_reference.py`` from its own
+folder by path.
 
 A model source in a request is one of:
 
@@ -17,34 +18,16 @@ Requests: ``describe``, ``run``, ``export``, ``reference_cnn``, ``train_referenc
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 import os
-import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-# NOTE: why: running a script puts its folder first on sys.path; a user's factory importing a module named
-# like one of ours (client, protocol) must find its own, so the folder goes and ours load by path.
-if sys.path and Path(sys.path[0] or ".").resolve() == HERE:
-    sys.path.pop(0)
+# NOTE: why this name: protocol.py starts every worker process and registers itself under it (see its main)
+import convkit_worker_protocol as protocol
 
-
-def _load_sibling(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"convkit_worker_{name}", HERE / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-protocol = _load_sibling("protocol")
 WorkerFailure = protocol.WorkerFailure
 
 DEFAULT_OPSET = 17
@@ -65,7 +48,6 @@ _DTYPES = {
 
 
 load_arrays = protocol.load_arrays
-save_arrays = protocol.save_arrays
 save_outputs = protocol.save_outputs
 
 
@@ -94,25 +76,8 @@ def _load_weights(layer: Any, path: str, unsafe_pickle: bool) -> None:
             state = paddle.load(str(file))
         except Exception as exc:
             raise WorkerFailure(f"cannot load {file}: {protocol.first_line(exc)}", kind="load") from exc
-    own = layer.state_dict()
-    wrong = [
-        f"{k} {list(v.shape)} (want {list(own[k].shape)})"
-        for k, v in state.items()
-        if k in own and list(v.shape) != list(own[k].shape)
-    ]
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if wrong or missing or unexpected:
-        details = "; ".join(
-            text
-            for text in (
-                f"missing {', '.join(missing[:8])}" if missing else "",
-                f"unexpected {', '.join(unexpected[:8])}" if unexpected else "",
-                f"wrong shape {', '.join(wrong[:8])}" if wrong else "",
-            )
-            if text
-        )
-        raise WorkerFailure(f"the weights in {file} do not fit the model: {details}", kind="load")
+    own = {key: tuple(value.shape) for key, value in layer.state_dict().items()}
+    protocol.check_weights_fit(file, own, {key: tuple(value.shape) for key, value in state.items()}, None)
     layer.set_state_dict({k: paddle.to_tensor(v) if not hasattr(v, "place") else v for k, v in state.items()})
 
 
@@ -352,7 +317,7 @@ def export(request: dict[str, Any], channel: Any) -> dict[str, Any]:
 
 
 def _reference_module() -> Any:
-    return sys.modules.get("convkit_worker_paddle_reference") or _load_sibling("paddle_reference")
+    return protocol.load_sibling("paddle_reference")
 
 
 def reference_cnn(request: dict[str, Any], channel: Any) -> dict[str, Any]:
@@ -374,22 +339,9 @@ def reference_cnn(request: dict[str, Any], channel: Any) -> dict[str, Any]:
 
 
 def train_reference_cnn(request: dict[str, Any], channel: Any) -> dict[str, Any]:
-    """``data`` (.npz: x_train, y_train, x_test, y_test), ``epochs``, ``seed`` -> ``weights`` (canonical
-    .npz). Sends ``{"progress": {"epoch", "epochs", "metrics"}}`` after each epoch."""
-    reference = _reference_module()
-    data = load_arrays(request["data"])
-
-    def report(epoch: int, epochs: int, metrics: dict[str, float]) -> None:
-        channel.progress(epoch=epoch, epochs=epochs, metrics=metrics)
-
-    weights = reference.train_reference_cnn(
-        (data["x_train"], data["y_train"], data["x_test"], data["y_test"]),
-        int(request["epochs"]),
-        int(request["seed"]),
-        report,
-    )
-    save_arrays(request["weights"], weights)
-    return {"epochs": int(request["epochs"])}
+    """Train the reference CNN the Paddle way (``paddle_reference.py``); the request is
+    ``protocol.train_reference_cnn``'s."""
+    return protocol.train_reference_cnn(request, channel, _reference_module().train_reference_cnn)
 
 
 HANDLERS = {
@@ -399,6 +351,3 @@ HANDLERS = {
     "reference_cnn": reference_cnn,
     "train_reference_cnn": train_reference_cnn,
 }
-
-if __name__ == "__main__":
-    protocol.serve(HANDLERS)

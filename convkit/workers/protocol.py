@@ -1,5 +1,8 @@
-"""The worker side of the protocol, standard library only: a worker script runs in a framework's own
-environment, where convkit itself is not installed, and imports this file by path (it sits beside it).
+"""The worker side of the protocol, standard library only, and the entry point of every worker process:
+``<env>/bin/python protocol.py <framework>_worker.py REQUEST.json``. It runs in a framework's own
+environment, where convkit itself is not installed: it loads the worker file beside it by path, registered
+as the module ``convkit_worker_protocol`` so that the worker imports its helpers under that name, and answers
+the request with the worker's ``HANDLERS`` (request kind -> function).
 
 A request is one JSON file named on the command line: ``{"kind": "export", ...}``. The worker answers on its
 standard output with JSON lines only:
@@ -23,12 +26,14 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
 EXIT_OK = 0
 EXIT_ERROR = 2
+MODULE_NAME = "convkit_worker_protocol"
+HERE = Path(__file__).resolve().parent
 
 
 class WorkerFailure(Exception):
@@ -75,17 +80,22 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def serve(handlers: Mapping[str, Callable[[dict[str, Any], Channel], dict[str, Any]]]) -> NoReturn:
-    """Answer the request named in ``sys.argv[1]`` with the handler for its ``kind``, then exit.
+def serve() -> NoReturn:
+    """Load the worker file named in ``sys.argv[1]``, answer the request named in ``sys.argv[2]`` with the
+    worker's handler for its ``kind``, then exit.
 
     A ``WorkerFailure`` becomes an error line and exit 2; any other exception too, its traceback written to
     standard error. ``SystemExit`` raised by a library (paddle2onnx exits on errors) counts as an exception.
+    The worker is imported after standard output is taken, so that what its framework prints at import
+    stays out of the protocol stream.
     """
     channel = _take_stdout()
     try:
-        if len(sys.argv) != 2:
-            raise WorkerFailure("usage: worker.py REQUEST.json", kind="internal")
-        with open(sys.argv[1], encoding="utf-8") as handle:
+        if len(sys.argv) != 3:
+            raise WorkerFailure("usage: protocol.py WORKER.py REQUEST.json", kind="internal")
+        handlers: Mapping[str, Callable[[dict[str, Any], Channel], dict[str, Any]]]
+        handlers = load_sibling(Path(sys.argv[1]).stem).HANDLERS
+        with open(sys.argv[2], encoding="utf-8") as handle:
             request = json.load(handle)
         kind = request.get("kind")
         handler = handlers.get(kind)
@@ -103,6 +113,19 @@ def serve(handlers: Mapping[str, Callable[[dict[str, Any], Channel], dict[str, A
         _exit(EXIT_ERROR)
     channel.send({"result": result})
     _exit(EXIT_OK)
+
+
+def load_sibling(name: str) -> Any:
+    """The module ``<name>.py`` beside this file, loaded by path once (as ``convkit_worker_<name>``)."""
+    module_name = f"convkit_worker_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, HERE / f"{name}.py")
+        if spec is None or spec.loader is None:
+            raise WorkerFailure(f"cannot load {HERE / name}.py", kind="internal")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
 
 
 def _exit(code: int) -> NoReturn:
@@ -154,6 +177,72 @@ def ordered_names(model_names: list[str] | None, names: list[str], what: str) ->
     return list(model_names)
 
 
+def check_weights_fit(
+    file: Path | str,
+    own: Mapping[str, tuple[int, ...] | None],
+    given: Mapping[str, tuple[int, ...]],
+    hint: str | None,
+    fits: Callable[[tuple[int, ...], tuple[int, ...]], bool] | None = None,
+    wrong_dtypes: Sequence[str] = (),
+) -> None:
+    """Check that weights read from ``file`` fit a model, naming every key that does not.
+
+    Args:
+        file: where the weights came from (for the message).
+        own: the model's parameter shapes by key (``None``: not known yet, any shape goes).
+        given: the file's shapes by the same keys.
+        hint: how to write weights that fit.
+        fits: whether a given shape fits an own one (default: equal).
+        wrong_dtypes: ``"name float64 (want float32)"`` entries found by the caller.
+
+    Raises:
+        WorkerFailure: missing, unexpected or misshapen keys (kind ``load``), all of them in one line.
+    """
+    same = fits or (lambda shape, want: shape == want)
+    wrong = [
+        f"{k} {list(shape)} (want {list(want)})"
+        for k, shape in given.items()
+        if (want := own.get(k)) is not None and not same(tuple(shape), tuple(want))
+    ]
+    missing = sorted(set(own) - set(given))
+    unexpected = sorted(set(given) - set(own))
+    details = "; ".join(
+        text
+        for text in (
+            f"missing {', '.join(missing[:8])}" if missing else "",
+            f"unexpected {', '.join(unexpected[:8])}" if unexpected else "",
+            f"wrong shape {', '.join(wrong[:8])}" if wrong else "",
+            f"wrong dtype {', '.join(wrong_dtypes[:8])}" if wrong_dtypes else "",
+        )
+        if text
+    )
+    if details:
+        raise WorkerFailure(f"the weights in {file} do not fit the model: {details}", hint, "load")
+
+
+def train_reference_cnn(
+    request: Mapping[str, Any],
+    channel: Channel,
+    train: Callable[..., Mapping[str, Any]],
+) -> dict[str, Any]:
+    """The ``train_reference_cnn`` request: ``data`` (.npz: x_train, y_train, x_test, y_test), ``epochs``,
+    ``seed`` -> ``weights`` (canonical .npz), trained by ``train(data, epochs, seed, progress)`` (a reference
+    module's); sends ``{"progress": {"epoch", "epochs", "metrics"}}`` after each epoch."""
+    data = load_arrays(request["data"])
+
+    def report(epoch: int, epochs: int, metrics: dict[str, float]) -> None:
+        channel.progress(epoch=epoch, epochs=epochs, metrics=metrics)
+
+    weights = train(
+        (data["x_train"], data["y_train"], data["x_test"], data["y_test"]),
+        int(request["epochs"]),
+        int(request["seed"]),
+        report,
+    )
+    save_arrays(request["weights"], weights)
+    return {"epochs": int(request["epochs"])}
+
+
 def call_factory(source: str) -> Any:
     """Import ``file.py:factory`` or ``pkg.module:factory`` and call it (a class is instantiated), as
     ``convkit.sources.load_factory`` does in the core; other objects are returned as they are."""
@@ -200,3 +289,12 @@ def call_factory(source: str) -> Any:
         return target()
     except Exception as exc:
         raise WorkerFailure(f"calling {source} failed: {first_line(exc)}", kind="source") from exc
+
+
+if __name__ == "__main__":
+    # NOTE: why: running a script puts its folder first on sys.path; a user's factory importing a module
+    # named like one of ours (client, protocol) must find its own, so the folder goes and ours load by path.
+    if sys.path and Path(sys.path[0] or ".").resolve() == HERE:
+        sys.path.pop(0)
+    sys.modules[MODULE_NAME] = sys.modules[__name__]
+    serve()

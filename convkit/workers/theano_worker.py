@@ -1,9 +1,10 @@
 """The Theano worker: runs one request in the Theano environment (``convkit env create theano``), where
 PyTensor, Theano's maintained successor, stands in for Theano itself.
 
-Run as ``<env>/bin/python theano_worker.py REQUEST.json`` by ``convkit.frontends.theano``; it imports
-pytensor, numpy and onnx, never convkit (the environment does not have it), and loads ``protocol.py``,
-``theano_onnx.py`` (the converter) and ``theano_reference.py`` from its own folder by path.
+Run as ``<env>/bin/python protocol.py theano_worker.py REQUEST.json`` by ``convkit.frontends.theano``
+(``protocol.py`` starts the process and serves ``HANDLERS``); it imports pytensor, numpy and onnx, never
+convkit (the environment does not have it), and loads ``theano_onnx.py`` (the converter) and
+``theano_reference.py`` from its own folder by path.
 
 A PyTensor model is a symbolic graph. A factory returns it as ``{"inputs": [x, ...], "outputs": [y, ...]}``
 or as the tuple ``(inputs, outputs)`` (a single variable may stand for a list of one): the inputs are
@@ -24,34 +25,14 @@ Requests: ``describe``, ``run``, ``export``, ``reference_cnn``, ``train_referenc
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-# NOTE: why: running a script puts its folder first on sys.path; a user's factory importing a module named
-# like one of ours (client, protocol) must find its own, so the folder goes and ours load by path.
-if sys.path and Path(sys.path[0] or ".").resolve() == HERE:
-    sys.path.pop(0)
+# NOTE: why this name: protocol.py starts every worker process and registers itself under it (see its main)
+import convkit_worker_protocol as protocol
 
-
-def _load_sibling(name: str) -> ModuleType:
-    module_name = f"convkit_worker_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, HERE / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-protocol = _load_sibling("protocol")
 WorkerFailure = protocol.WorkerFailure
 load_arrays = protocol.load_arrays
 save_arrays = protocol.save_arrays
@@ -70,7 +51,7 @@ class Loaded:
     and the native function, compiled on first use."""
 
     def __init__(self, inputs: list[Any], outputs: list[Any]) -> None:
-        converter = _load_sibling("theano_onnx")
+        converter = protocol.load_sibling("theano_onnx")
         self.inputs = inputs
         self.outputs = outputs
         self.names = [str(var.name) for var in inputs]
@@ -237,31 +218,19 @@ def _load_weights(loaded: Loaded, path: str, unsafe_pickle: bool) -> None:
                 "load",
             )
         own[var.name] = var
-    wrong = []
-    for name, value in state.items():
-        if name in own:
-            want = own[name].get_value(borrow=True)
-            if np.shape(value) != want.shape:
-                wrong.append(f"{name} {list(np.shape(value))} (want {list(want.shape)})")
-            elif not np.can_cast(np.asarray(value).dtype, want.dtype, "same_kind"):
-                wrong.append(f"{name} {np.asarray(value).dtype} (want {want.dtype})")
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if wrong or missing or unexpected:
-        details = "; ".join(
-            text
-            for text in (
-                f"missing {', '.join(missing[:8])}" if missing else "",
-                f"unexpected {', '.join(unexpected[:8])}" if unexpected else "",
-                f"wrong {', '.join(wrong[:8])}" if wrong else "",
-            )
-            if text
-        )
-        raise WorkerFailure(
-            f"the weights in {file} do not fit the model: {details}",
-            "the .npz keys must be the model's shared variable names, each with its shape",
-            "load",
-        )
+    wanted = {name: var.get_value(borrow=True) for name, var in own.items()}
+    wrong_dtypes = [
+        f"{name} {np.asarray(value).dtype} (want {wanted[name].dtype})"
+        for name, value in state.items()
+        if name in wanted and not np.can_cast(np.asarray(value).dtype, wanted[name].dtype, "same_kind")
+    ]
+    protocol.check_weights_fit(
+        file,
+        {name: tuple(value.shape) for name, value in wanted.items()},
+        {name: tuple(np.shape(value)) for name, value in state.items()},
+        "the .npz keys must be the model's shared variable names, each with its shape",
+        wrong_dtypes=wrong_dtypes,
+    )
     for name, var in own.items():
         var.set_value(np.asarray(state[name], var.get_value(borrow=True).dtype))
 
@@ -373,7 +342,7 @@ def export(request: dict[str, Any], channel: Any) -> dict[str, Any]:
     Result: ``input_names`` (in the graph's order), ``param_names`` (none: the initializers already carry the
     shared variables' names), ``outputs`` (how many), ``exporter_version``.
     """
-    converter = _load_sibling("theano_onnx")
+    converter = protocol.load_sibling("theano_onnx")
     loaded = _load(request["source"])
     specs = {spec["name"]: spec for spec in request["specs"]}
     order = protocol.ordered_names(loaded.names, list(specs), "in --input")
@@ -395,7 +364,7 @@ def export(request: dict[str, Any], channel: Any) -> dict[str, Any]:
 
 
 def _reference_module() -> Any:
-    return _load_sibling("theano_reference")
+    return protocol.load_sibling("theano_reference")
 
 
 def reference_cnn(request: dict[str, Any], channel: Any) -> dict[str, Any]:
@@ -408,22 +377,14 @@ def reference_cnn(request: dict[str, Any], channel: Any) -> dict[str, Any]:
 
 
 def train_reference_cnn(request: dict[str, Any], channel: Any) -> dict[str, Any]:
-    """``data`` (.npz: x_train, y_train, x_test, y_test), ``epochs``, ``seed`` -> ``weights`` (canonical
-    .npz). Sends ``{"progress": {"epoch", "epochs", "metrics"}}`` after each epoch."""
-    data = load_arrays(request["data"])
+    """Train the reference CNN the PyTensor way, compiled in the native run's mode (see
+    ``protocol.train_reference_cnn`` for the request)."""
+    reference = _reference_module()
 
-    def report(epoch: int, epochs: int, metrics: dict[str, float]) -> None:
-        channel.progress(epoch=epoch, epochs=epochs, metrics=metrics)
+    def train(*arguments: Any) -> Any:
+        return reference.train_reference_cnn(*arguments, native_mode())
 
-    weights = _reference_module().train_reference_cnn(
-        (data["x_train"], data["y_train"], data["x_test"], data["y_test"]),
-        int(request["epochs"]),
-        int(request["seed"]),
-        report,
-        native_mode(),
-    )
-    save_arrays(request["weights"], weights)
-    return {"epochs": int(request["epochs"])}
+    return protocol.train_reference_cnn(request, channel, train)
 
 
 HANDLERS = {
@@ -433,6 +394,3 @@ HANDLERS = {
     "reference_cnn": reference_cnn,
     "train_reference_cnn": train_reference_cnn,
 }
-
-if __name__ == "__main__":
-    protocol.serve(HANDLERS)
