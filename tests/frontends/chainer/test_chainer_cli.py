@@ -103,7 +103,7 @@ def test_matrix_with_torch_agrees(tmp_path):
     assert found["pairwise_max_abs_diff"]["chainer"]["torch"] < 1e-5
 
 
-def test_train_one_epoch_writes_canonical_weights(tmp_path):
+def test_train_one_epoch_writes_canonical_weights_that_load_in_caffe_mxnet_and_theano(tmp_path):
     weights = tmp_path / "w.npz"
     done = run_convkit("train", "--framework", "chainer", "--epochs", "1", "-o", str(weights))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -113,6 +113,18 @@ def test_train_one_epoch_writes_canonical_weights(tmp_path):
     assert "val_accuracy" in done.stderr  # the worker's progress lines reached the progress bar
     with np.load(weights) as archive:
         assert archive["fc1.weight"].shape == (128, 1600) and archive["conv1.weight"].shape == (32, 1, 3, 3)
+
+    # weights only, back into the other old frameworks: the same predictions on all 360 held-out digits
+    others = [name for name in ("caffe", "mxnet", "theano") if unavailable_reason(name) is None]
+    report = tmp_path / "matrix.json"
+    done = run_convkit(
+        "matrix", "--frameworks", ",".join(["chainer", *others]), "--weights", str(weights),
+        "--samples", "360", "--out-dir", str(tmp_path / "matrix"), "--json", str(report),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = json.loads(report.read_text())
+    assert found["passed"] and found["samples"] == 360
+    assert all(found["pairwise_max_abs_diff"]["chainer"][name] < 1e-5 for name in others)
 
 
 @pytest.mark.parametrize(
