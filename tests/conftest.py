@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -26,6 +27,15 @@ def run_convkit(
         text=True,
         timeout=timeout,
     )
+
+
+def verify_report(target: Path, *source: str, report: Path) -> dict:
+    """``convkit verify TARGET --source SOURCE... --report REPORT`` as typed in a shell (``source`` may carry
+    ``--framework F``); asserts that it held parity (exit 0) and returns the JSON report."""
+    done = run_convkit("verify", str(target), "--source", *source, "--report", str(report))
+    assert done.returncode == 0, done.stdout + done.stderr
+    report_data: dict = json.loads(report.read_text())
+    return report_data
 
 
 @pytest.fixture

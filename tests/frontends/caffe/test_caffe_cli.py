@@ -10,7 +10,7 @@ import time
 import numpy as np
 import onnx
 import pytest
-from conftest import FIXTURES, ROOT, run_convkit
+from conftest import FIXTURES, ROOT, run_convkit, verify_report
 from onnx import numpy_helper
 
 from convkit.envs import unavailable_reason
@@ -24,12 +24,6 @@ pytestmark = pytest.mark.caffe
 MODELS = ROOT / "fixtures" / "models" / "caffe_models.py"
 NET = FIXTURES / "caffe" / "bn_residual.prototxt"
 CAFFEMODEL = NET.with_suffix(".caffemodel")
-
-
-def _verify(target, *source: str, report) -> dict:
-    done = run_convkit("verify", str(target), "--source", *source, "--report", str(report))
-    assert done.returncode == 0, done.stdout + done.stderr
-    return json.loads(report.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +44,7 @@ def test_prototxt_export_and_verify_at_batch_1_and_3(net, tmp_path):
     manifest = json.loads(net.with_suffix(".manifest.json").read_text())
     assert manifest["framework"] == "caffe" and manifest["exporter"] == "caffe2onnx"
     assert manifest["versions"]["caffe2onnx"] == "2.0.1" and manifest["versions"]["opencv"]
-    report = _verify(net, str(NET.parent), report=tmp_path / "report.json")  # the folder holds the pair
+    report = verify_report(net, str(NET.parent), report=tmp_path / "report.json")  # the folder holds the pair
     assert report["passed"] and report["reference"].startswith("opencv 4.")
     assert [o["data_set"] for o in report["outputs"]] == ["batch=1", "batch=3"]
     assert [o["shape"] for o in report["outputs"]] == [[1, 10], [3, 10]]
@@ -64,7 +58,7 @@ def test_factory_reference_cnn_export_and_verify(tmp_path):
         "export", source, "--framework", "caffe", "--input", "x:batch,1,28,28", "-o", str(target)
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    report = _verify(target, source, "--framework", "caffe", report=tmp_path / "report.json")
+    report = verify_report(target, source, "--framework", "caffe", report=tmp_path / "report.json")
     assert report["passed"] and [o["shape"][0] for o in report["outputs"]] == [1, 3]
     assert max(o["max_abs_diff"] for o in report["outputs"]) < 1e-5
     outputs = tmp_path / "out.npz"

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import onnx
 import pytest
-from conftest import ROOT, run_convkit
+from conftest import ROOT, run_convkit, verify_report
 from onnx import numpy_helper
 
 from convkit.envs import env_python, unavailable_reason
@@ -31,14 +31,6 @@ def _export(source: str, spec: str, target, *extra: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "with mx.onnx (opset 13)" in done.stdout and "PASS" in done.stdout
     assert done.stderr.strip() == ""  # MXNet's warnings stay in the quiet worker
-
-
-def _verify(target, source: str, report) -> dict:
-    done = run_convkit(
-        "verify", str(target), "--source", source, "--framework", "mxnet", "--report", str(report)
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return json.loads(report.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +55,9 @@ def test_export_and_verify_at_batch_1_and_3(cnn, tmp_path, factory, spec):
     manifest = json.loads(target.with_suffix(".manifest.json").read_text())
     assert manifest["framework"] == "mxnet" and manifest["exporter"] == "mx.onnx"
     assert manifest["versions"]["mxnet"] == "1.9.1"
-    report = _verify(target, f"{MODELS}:{factory}", tmp_path / "report.json")
+    report = verify_report(
+        target, f"{MODELS}:{factory}", "--framework", "mxnet", report=tmp_path / "report.json"
+    )
     assert report["passed"] and report["reference"].startswith("mxnet 1.9")
     assert [o["data_set"] for o in report["outputs"]] == ["batch=1", "batch=3"]
     assert [o["shape"][0] for o in report["outputs"]] == [1, 3]
@@ -135,7 +129,9 @@ def test_a_folder_saved_by_hybridblock_export_exports_and_verifies(saved, tmp_pa
     done = run_convkit("export", str(saved), "--input", "data:batch,3,16,16", "-o", str(target))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "exported mxnet model" in done.stdout  # the framework inferred from the files
-    report = _verify(target, str(saved / "residual-symbol.json"), tmp_path / "report.json")
+    report = verify_report(
+        target, str(saved / "residual-symbol.json"), "--framework", "mxnet", report=tmp_path / "report.json"
+    )
     assert report["passed"] and [o["data_set"] for o in report["outputs"]] == ["batch=1", "batch=3"]
 
 

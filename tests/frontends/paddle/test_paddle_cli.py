@@ -11,7 +11,7 @@ import time
 import numpy as np
 import onnx
 import pytest
-from conftest import ROOT, run_convkit
+from conftest import ROOT, run_convkit, verify_report
 from onnx import numpy_helper
 
 from convkit.envs import unavailable_reason
@@ -30,14 +30,6 @@ def _export(source: str, spec: str, target) -> None:
     done = run_convkit("export", source, "--framework", "paddle", "--input", spec, "-o", str(target))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "with paddle2onnx" in done.stdout and "PASS" in done.stdout
-
-
-def _verify(target, source: str, report) -> dict:
-    done = run_convkit(
-        "verify", str(target), "--source", source, "--framework", "paddle", "--report", str(report)
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return json.loads(report.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +53,9 @@ def test_export_and_verify_at_batch_1_and_3(cnn, tmp_path, factory, spec):
     manifest = json.loads(target.with_suffix(".manifest.json").read_text())
     assert manifest["framework"] == "paddle" and manifest["exporter"] == "paddle2onnx"
     assert manifest["versions"]["paddle"] and manifest["versions"]["paddle2onnx"]
-    report = _verify(target, f"{MODELS}:{factory}", tmp_path / "report.json")
+    report = verify_report(
+        target, f"{MODELS}:{factory}", "--framework", "paddle", report=tmp_path / "report.json"
+    )
     assert report["passed"] and report["reference"].startswith("paddle 3.")
     assert [o["data_set"] for o in report["outputs"]] == ["batch=1", "batch=3"]
     assert [o["shape"][0] for o in report["outputs"]] == [1, 3]
