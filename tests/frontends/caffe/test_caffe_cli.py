@@ -3,14 +3,21 @@ no mocks). Skipped with the reason when the environment is not created."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 
 import numpy as np
 import onnx
 import pytest
-from conftest import FIXTURES, ROOT, run_convkit, verify_report
+from conftest import (
+    FIXTURES,
+    ROOT,
+    assert_matrix_agrees_with_torch,
+    assert_verify_fails,
+    run_convkit,
+    tampered_copy,
+    verify_report,
+)
 from onnx import numpy_helper
 
 from convkit.envs import unavailable_reason
@@ -72,16 +79,8 @@ def test_factory_reference_cnn_export_and_verify(tmp_path):
 
 def test_tampered_weights_fail_verify(net, tmp_path):
     tampered = tmp_path / "model.onnx"
-    model = onnx.load(str(net))
-    for tensor in model.graph.initializer:
-        if tensor.name == "bn1.running_mean":
-            value = numpy_helper.to_array(tensor).copy()
-            value[0] += 0.5
-            tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
-    onnx.save(model, str(tampered))
-    done = run_convkit("verify", str(tampered), "--source", str(NET))
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert "FAIL" in done.stdout and "would pass" in done.stdout
+    tampered_copy(net, "bn1.running_mean", tampered)
+    assert_verify_fails(tampered, str(NET))
 
 
 def _bad_net(folder, case: str):
@@ -140,18 +139,7 @@ def test_train_says_caffe_cannot(tmp_path):
 
 
 def test_matrix_with_torch_agrees(tmp_path):
-    frameworks = "caffe,torch" if importlib.util.find_spec("torch") else "caffe"
-    report = tmp_path / "matrix.json"
-    done = run_convkit(
-        "matrix", "--frameworks", frameworks, "--out-dir", str(tmp_path / "m"), "--json", str(report)
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    found = json.loads(report.read_text())
-    rows = {row["framework"]: row for row in found["frameworks"]}
-    assert rows["caffe"]["status"] == "pass" and rows["caffe"]["exporter"] == "caffe2onnx"
-    assert rows["caffe"]["max_abs_diff"] < 1e-5
-    if "torch" in rows:
-        assert found["pairwise_max_abs_diff"]["caffe"]["torch"] < 1e-5
+    assert_matrix_agrees_with_torch("caffe", "caffe2onnx", tmp_path)
 
 
 def test_env_create_again_is_up_to_date_quickly():

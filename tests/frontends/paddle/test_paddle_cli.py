@@ -3,16 +3,20 @@ onnxruntime; no mocks). Skipped with the reason when the environment is not crea
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import shutil
 import time
 
 import numpy as np
 import onnx
 import pytest
-from conftest import ROOT, run_convkit, verify_report
-from onnx import numpy_helper
+from conftest import (
+    ROOT,
+    assert_matrix_agrees_with_torch,
+    assert_verify_fails,
+    run_convkit,
+    tampered_copy,
+    verify_report,
+)
 
 from convkit.envs import unavailable_reason
 
@@ -64,36 +68,13 @@ def test_export_and_verify_at_batch_1_and_3(cnn, tmp_path, factory, spec):
 
 def test_weights_become_named_initializers_and_tampering_fails_verify(cnn, tmp_path):
     tampered = tmp_path / "model.onnx"
-    shutil.copy(cnn, tampered)
-    model = onnx.load(str(tampered))
-    names = {t.name for t in model.graph.initializer}
+    names = tampered_copy(cnn, "fc2.bias", tampered)
     assert {"conv1.weight", "fc1.weight", "fc2.bias"} <= names  # the state_dict's names
-    for tensor in model.graph.initializer:
-        if tensor.name == "fc2.bias":
-            value = numpy_helper.to_array(tensor).copy()
-            value[0] += 0.5
-            tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
-    onnx.save(model, str(tampered))
-    done = run_convkit(
-        "verify", str(tampered), "--source", f"{MODELS}:reference_cnn", "--framework", "paddle"
-    )
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert "FAIL" in done.stdout and "would pass" in done.stdout
+    assert_verify_fails(tampered, f"{MODELS}:reference_cnn", "--framework", "paddle")
 
 
 def test_matrix_with_torch_agrees(tmp_path):
-    if importlib.util.find_spec("torch") is None:
-        pytest.skip("torch is not installed (pip install 'convkit[torch]')")
-    report = tmp_path / "matrix.json"
-    done = run_convkit(
-        "matrix", "--frameworks", "paddle,torch", "--out-dir", str(tmp_path / "m"), "--json", str(report)
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    found = json.loads(report.read_text())
-    rows = {row["framework"]: row for row in found["frameworks"]}
-    assert rows["paddle"]["status"] == "pass" and rows["paddle"]["exporter"] == "paddle2onnx"
-    assert rows["paddle"]["max_abs_diff"] < 1e-5
-    assert found["pairwise_max_abs_diff"]["paddle"]["torch"] < 1e-5
+    assert_matrix_agrees_with_torch("paddle", "paddle2onnx", tmp_path)
 
 
 def test_train_two_epochs_writes_canonical_weights(tmp_path):
