@@ -1,5 +1,5 @@
 """What the CLI and users call: ``inspect_model``, ``run_model``, ``verify_testcase``, ``verify_model``,
-``export_model``. Each returns data; rendering is ``convkit.report``'s job."""
+``export_model``. Each returns data; rendering is ``convkit.report.parity``'s job."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from convkit.artifacts import (
+from convkit.core.artifacts import (
     list_test_data_sets,
     load_arrays,
     move_into,
@@ -19,10 +19,8 @@ from convkit.artifacts import (
     staging_dir,
     write_test_data_set,
 )
-from convkit.compare import ParityReport, Tolerance, compare_outputs
-from convkit.errors import DataError, InputFileError
-from convkit.frontends import ExportOptions, ExportResult, Frontend, LoadOptions, resolve_source
-from convkit.inputs import (
+from convkit.core.compare import ParityReport, Tolerance, compare_outputs
+from convkit.core.inputs import (
     DEFAULT_SEED,
     EXPORT_SYMBOLIC_SIZE,
     InputSpec,
@@ -32,14 +30,16 @@ from convkit.inputs import (
     specs_from_arrays,
     verification_data_sets,
 )
-from convkit.manifest import write_manifest
-from convkit.model_info import ModelSummary, summarize
-from convkit.onnx_model import OnnxModel, load_onnx, normalize_export
-from convkit.runtime import RuntimeSession, SessionOptions, TensorSpec, short_provider_name
+from convkit.core.manifest import write_manifest
+from convkit.core.runtime import RuntimeSession, SessionOptions, TensorSpec, short_provider_name
+from convkit.errors import DataError, InputFileError
+from convkit.frontends import ExportOptions, ExportResult, Frontend, LoadOptions, resolve_source
+from convkit.graph.info import ModelSummary, summarize
+from convkit.graph.model import OnnxModel, load_onnx, normalize_export
 
 
 def inspect_model(path: str | os.PathLike[str]) -> ModelSummary:
-    """Summarize an ONNX file (see ``convkit.model_info.ModelSummary``)."""
+    """Summarize an ONNX file (see ``convkit.graph.info.ModelSummary``)."""
     return summarize(load_onnx(path))
 
 
@@ -160,7 +160,7 @@ def _localize_into(
     ``oracle`` ``auto`` means the framework's own layers when there is a framework model, else onnx's
     reference implementation.
     """
-    from convkit.localize import localize, localize_against_framework
+    from convkit.diagnose.localize import localize, localize_against_framework
 
     failing = [c.data_set for c in report.comparisons if not c.passed]
     label = failing[0] if failing else next(iter(data_sets))

@@ -1,4 +1,4 @@
-"""The ``convkit`` command: parses options, calls ``convkit.api``, renders with ``convkit.report``.
+"""The ``convkit`` command: parses options, calls ``convkit.api``, renders with ``convkit.report.parity``.
 
 No logic of its own, and no heavy import at module level: ``convkit --help`` starts without torch or
 TensorFlow (a test proves it).
@@ -101,7 +101,7 @@ def _report_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _session_options(provider: str, threads: int | None) -> Any:
-    from convkit.runtime import SessionOptions
+    from convkit.core.runtime import SessionOptions
 
     return SessionOptions(provider=provider.lower(), threads=threads)
 
@@ -118,7 +118,7 @@ def _split_choices(text: str, choices: tuple[str, ...], option: str) -> list[str
 
 def _runtime_configs(providers: str, optimization: str, threads: int | None) -> list[Any]:
     """Every provider x optimization level combination asked for."""
-    from convkit.runtime import OPTIMIZATION_LEVELS, PROVIDER_CHOICES, SessionOptions
+    from convkit.core.runtime import OPTIMIZATION_LEVELS, PROVIDER_CHOICES, SessionOptions
 
     return [
         SessionOptions(provider=p, threads=threads, optimization=level)
@@ -128,7 +128,7 @@ def _runtime_configs(providers: str, optimization: str, threads: int | None) -> 
 
 
 def _tolerance(atol: float | None, rtol: float | None) -> Any:
-    from convkit.compare import Tolerance
+    from convkit.core.compare import Tolerance
 
     for name, value in (("--atol", atol), ("--rtol", rtol)):
         if value is not None and value < 0:
@@ -137,7 +137,7 @@ def _tolerance(atol: float | None, rtol: float | None) -> Any:
 
 
 def _finish_report(report: Any, report_path: str | None, junit_path: str | None, quiet: bool = False) -> int:
-    from convkit.report import render_text, write_report_files
+    from convkit.report.parity import render_text, write_report_files
 
     write_report_files(report, report_path, junit_path)
     if not quiet:
@@ -163,7 +163,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 def inspect(model: str, as_json: bool) -> None:
     """Show an ONNX model's IR version, opsets, inputs, outputs, operators and parameters."""
     from convkit.api import inspect_model
-    from convkit.report import render_summary
+    from convkit.report.parity import render_summary
 
     summary = inspect_model(model)
     click.echo(json.dumps(summary.to_dict(), indent=2) if as_json else render_summary(summary))
@@ -178,7 +178,7 @@ def inspect(model: str, as_json: bool) -> None:
 def run(model: str, data: str, output: str, provider: str, threads: int | None) -> None:
     """Run MODEL on the inputs in --data with onnxruntime and save the outputs as .npz."""
     from convkit.api import run_model
-    from convkit.artifacts import save_npz_atomic
+    from convkit.core.artifacts import save_npz_atomic
 
     result = run_model(model, data, _session_options(provider, threads))
     save_npz_atomic(output, result.outputs)
@@ -256,8 +256,8 @@ def verify(
             raise click.UsageError("--input, --data, --framework and --weights need --source")
         result = api.verify_testcase(target, tol, session, localize)
     else:
+        from convkit.core.inputs import parse_input_spec
         from convkit.frontends import LoadOptions
-        from convkit.inputs import parse_input_spec
 
         result = api.verify_model(
             target,
@@ -313,8 +313,8 @@ def export(
     Writes the model, test_data_set_0/ (inputs and the framework's outputs) and MODEL.manifest.json.
     """
     from convkit.api import export_model
+    from convkit.core.inputs import parse_input_spec
     from convkit.frontends import ExportOptions, LoadOptions
-    from convkit.inputs import parse_input_spec
 
     summary = export_model(
         source,
@@ -361,10 +361,10 @@ def bench(
 
     Prints latency (median, p10, p90), throughput, achieved GFLOP/s and the share of the CPU's peak.
     """
-    from convkit.artifacts import write_text_atomic
-    from convkit.bench import bench_model
-    from convkit.peak import estimate_peak
-    from convkit.report import render_bench
+    from convkit.core.artifacts import write_text_atomic
+    from convkit.perf.bench import bench_model
+    from convkit.perf.peak import estimate_peak
+    from convkit.report.parity import render_bench
 
     try:
         sizes = [int(part) for part in batch_sizes.split(",") if part.strip()]
@@ -422,7 +422,7 @@ def quantize(
     json_path: str | None,
 ) -> None:
     """Quantize MODEL (int8 or fp16) and write it only if it keeps parity with fp32 (top-1 agreement)."""
-    from convkit.artifacts import write_text_atomic
+    from convkit.core.artifacts import write_text_atomic
     from convkit.quantize import quantize_model
 
     result = quantize_model(
@@ -468,9 +468,9 @@ def reduce(model: str, data: str, output: str, oracle: str, atol: float | None, 
     The repro folder holds model.onnx and test_data_set_0/ (the oracle's values), so `convkit verify DIR`
     or any ONNX test runner reproduces the failure.
     """
-    from convkit.artifacts import load_arrays
-    from convkit.onnx_model import load_onnx
-    from convkit.reduce import reduce_model
+    from convkit.core.artifacts import load_arrays
+    from convkit.diagnose.reduce import reduce_model
+    from convkit.graph.model import load_onnx
 
     loaded = load_onnx(model)
     reference = oracle if oracle in ("reference", "unoptimized") else load_onnx(oracle)
@@ -491,7 +491,7 @@ def train(framework: str, epochs: int, seed: int, output: str) -> None:
 
     Saves canonical weights that every framework loads (convkit matrix --weights OUTPUT).
     """
-    from convkit.training import train as train_reference
+    from convkit.reference.training import train as train_reference
 
     with click.progressbar(length=epochs, label=f"training ({framework})", file=sys.stderr) as bar:
 
@@ -533,8 +533,8 @@ def matrix(
     junit: str | None,
 ) -> None:
     """The reference CNN in every framework: export, verify each against itself, compare all pairs."""
-    from convkit.artifacts import write_text_atomic
-    from convkit.matrix import render_matrix, run_matrix, to_junit_xml
+    from convkit.core.artifacts import write_text_atomic
+    from convkit.reference.matrix import render_matrix, run_matrix, to_junit_xml
 
     names = [part.strip() for part in frameworks.split(",") if part.strip()] if frameworks else None
     result = run_matrix(
@@ -561,7 +561,7 @@ def matrix(
 @provider_option
 def demo(out_dir: str, provider: str) -> None:
     """Export the bundled models, verify them, run them, and print the parity table."""
-    from convkit.demo import run_demo
+    from convkit.reference.demo import run_demo
 
     sys.exit(run_demo(out_dir, _session_options(provider, None), click.echo))
 
@@ -573,8 +573,8 @@ def doctor(as_json: bool) -> None:
 
     Exit 1 when a framework is installed but fails to load.
     """
-    from convkit.doctor import diagnose
-    from convkit.report import render_doctor
+    from convkit.diagnose.doctor import diagnose
+    from convkit.report.parity import render_doctor
 
     found = diagnose()
     click.echo(json.dumps(found.to_dict(), indent=2) if as_json else render_doctor(found))
@@ -591,9 +591,9 @@ def env() -> None:
 @click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option("--force", is_flag=True, help="rebuild even when the environment is up to date.")
 def env_create(names: tuple[str, ...], force: bool) -> None:
-    """Create environment NAME from scripts/envs/NAME.lock (a no-op when it is up to date); every known
-    environment when no NAME is given."""
-    from convkit.envs import create_env, known_envs, lock_path
+    """Create environment NAME from convkit/frontends/NAME/NAME.lock (a no-op when it is up to date); every
+    known environment when no NAME is given."""
+    from convkit.frontends._worker.envs import create_env, known_envs, lock_path
 
     chosen = list(names) or known_envs()
     for name in chosen:
@@ -607,7 +607,7 @@ def env_create(names: tuple[str, ...], force: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of text.")
 def env_list(as_json: bool) -> None:
     """Show each known environment: ready, missing (with the command that creates it) or stale."""
-    from convkit.envs import list_envs, render_env_list
+    from convkit.frontends._worker.envs import list_envs, render_env_list
 
     statuses = list_envs()
     click.echo(

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from convkit.compare import ParityReport
+from convkit.core.compare import ParityReport
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -50,7 +50,7 @@ def convkit_parity(request: pytest.FixtureRequest) -> Callable[..., ParityReport
         return report
 
     def _write(report: ParityReport) -> None:
-        from convkit.report import write_report_files
+        from convkit.report.parity import write_report_files
 
         path = Path(folder) / f"{stem}-{len(written)}.json"
         path.parent.mkdir(parents=True, exist_ok=True)

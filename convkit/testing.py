@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from convkit.compare import ParityReport, Tolerance
-from convkit.runtime import SessionOptions
+from convkit.core.compare import ParityReport, Tolerance
+from convkit.core.runtime import SessionOptions
 
 __all__ = ["ParityAssertionError", "assert_parity"]
 
@@ -28,7 +28,7 @@ class ParityAssertionError(AssertionError):
     """Parity does not hold. ``report`` is the full ``ParityReport`` (``report.to_dict()`` for JSON)."""
 
     def __init__(self, report: ParityReport) -> None:
-        from convkit.report import render_text
+        from convkit.report.parity import render_text
 
         super().__init__(render_text(report))
         self.report = report
@@ -95,10 +95,10 @@ def _verify_against_source(
     localize: str | None,
 ) -> ParityReport:
     from convkit import api
+    from convkit.core.inputs import check_names, verification_data_sets
+    from convkit.core.sources import framework_of
     from convkit.frontends import LoadOptions, get_frontend, resolve_source
-    from convkit.inputs import check_names, verification_data_sets
-    from convkit.onnx_model import load_onnx
-    from convkit.sources import framework_of
+    from convkit.graph.model import load_onnx
 
     model = load_onnx(model_path)
     if isinstance(source, str | Path):

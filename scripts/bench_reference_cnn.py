@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench_reference_cnn.py [--weights W.npz] [--batch-sizes 1,64] [--seconds 3]
                                                     [--json bench.json]
 
-Contenders at each batch size, one call each per round in rotating order (``convkit.bench.interleave``):
+Contenders at each batch size, one call each per round in rotating order (``convkit.perf.bench.interleave``):
 convkit's onnxruntime session (fp32 and static int8 QDQ), onnxruntime with its default session options, torch
 eager and torch.compile, Keras eager and tf.function. All run the same trained weights on the same digits.
 Ratios are printed against the targets of the performance issue; nothing here is asserted by the test suite.
@@ -29,7 +29,7 @@ NATIVE = ("torch eager", "torch.compile", "keras eager", "keras tf.function")
 
 
 def trained_weights(path: str | None, epochs: int) -> tuple[dict[str, np.ndarray], str]:
-    from convkit.reference_cnn import load_digits, load_weights
+    from convkit.reference.cnn import load_digits, load_weights
 
     if path:
         return load_weights(path), f"weights from {path}"
@@ -43,10 +43,10 @@ def trained_weights(path: str | None, epochs: int) -> tuple[dict[str, np.ndarray
 def build_contenders(weights: dict[str, np.ndarray], out: Path, x_train: np.ndarray, x_test: np.ndarray):
     """Export the PyTorch model to ONNX (parity checked), quantize it, and load every contender's model."""
     from convkit import api
-    from convkit.artifacts import save_npz_atomic
+    from convkit.core.artifacts import save_npz_atomic
+    from convkit.core.inputs import parse_input_spec
     from convkit.frontends import get_frontend
-    from convkit.inputs import parse_input_spec
-    from convkit.onnx_model import load_onnx
+    from convkit.graph.model import load_onnx
     from convkit.quantize import quantize_model
 
     torch_frontend, keras_frontend = get_frontend("torch"), get_frontend("tensorflow")
@@ -79,7 +79,7 @@ def build_contenders(weights: dict[str, np.ndarray], out: Path, x_train: np.ndar
 
 
 def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
-    from convkit.runtime import RuntimeSession, SessionOptions
+    from convkit.core.runtime import RuntimeSession, SessionOptions
 
     session = RuntimeSession(model, SessionOptions(provider="cpu"))
     probs = next(iter(session.run({"x": x}).values()))
@@ -100,11 +100,11 @@ def main() -> int:
 
     import torch
 
-    from convkit.bench import interleave, onnxruntime_runners, summarize
-    from convkit.flops import count_flops
-    from convkit.peak import estimate_peak
-    from convkit.reference_cnn import load_digits
-    from convkit.runtime import RuntimeSession, SessionOptions, usable_cpu_count
+    from convkit.core.runtime import RuntimeSession, SessionOptions, usable_cpu_count
+    from convkit.graph.flops import count_flops
+    from convkit.perf.bench import interleave, onnxruntime_runners, summarize
+    from convkit.perf.peak import estimate_peak
+    from convkit.reference.cnn import load_digits
 
     threads = args.threads or usable_cpu_count()
     torch.set_num_threads(threads)

@@ -33,7 +33,7 @@ def main() -> None:
     """Write the fixtures and print what was written."""
     from google.protobuf import text_format
 
-    proto = _load("convkit_worker_caffe_proto", ROOT / "convkit" / "workers" / "caffe_proto.py")
+    proto = _load("convkit_worker_caffe_proto", ROOT / "convkit" / "frontends" / "caffe" / "env" / "proto.py")
     models = _load("caffe_models", ROOT / "fixtures" / "models" / "caffe_models.py")
     OUT.mkdir(parents=True, exist_ok=True)
     text, blobs = models.bn_residual()

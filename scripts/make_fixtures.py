@@ -25,7 +25,7 @@ from onnx.reference import ReferenceEvaluator
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from convkit.artifacts import save_npz_atomic, write_test_data_set  # noqa: E402
+from convkit.core.artifacts import save_npz_atomic, write_test_data_set  # noqa: E402
 
 SEED = 20171
 FIXTURES = ROOT / "fixtures"

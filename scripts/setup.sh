@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv at the repository root with the pinned set (scripts/requirements.lock) and convkit (editable),
-# then the framework environments that cannot live in it (scripts/envs/*.lock, under .convkit-envs/).
+# then the framework environments that cannot live in it (convkit/frontends/*/*.lock, under .convkit-envs/).
 # Idempotent: when nothing changed, it returns in about a second.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,7 +26,7 @@ else
 fi
 # NOTE: why more environments: frameworks whose pins cannot live in .venv (PaddlePaddle: onnx<=1.17; MXNet and
 # Chainer: numpy<2; caffe2onnx, onnx-chainer: pins of their own) run in environments of their own
-# (scripts/envs/*.lock), driven by convkit as subprocess workers. Idempotent too: about 0.1 s each when up to
+# (convkit/frontends/*/*.lock), driven by convkit as subprocess workers. Idempotent too: about 0.1 s each when up to
 # date, 5-20 s each the first time.
 "$venv/bin/convkit" env create
 echo "setup: done; run .venv/bin/convkit --help"

@@ -104,7 +104,7 @@ def resolve_source(source: str, framework: str | None) -> tuple[Frontend, Any]:
     With ``framework`` given, a factory object of another framework is a clear error; without it, the
     framework is inferred from the file type or the factory object's class.
     """
-    from convkit.sources import framework_of, is_factory_source, load_factory
+    from convkit.core.sources import framework_of, is_factory_source, load_factory
 
     wanted = canonical_name(framework) if framework is not None else None
     if is_factory_source(source):

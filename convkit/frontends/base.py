@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from convkit.inputs import InputSpec
+from convkit.core.inputs import InputSpec
 
 
 @dataclass
@@ -106,7 +106,7 @@ class ReferenceCNNFrontend(Frontend, Protocol):
     """``NCHW`` or ``NHWC``: the layout of the model's input ``x``."""
 
     def reference_cnn(self, weights: Mapping[str, np.ndarray]) -> Any:
-        """The reference CNN in inference mode, carrying canonical weights (see ``convkit.reference_cnn``)."""
+        """The reference CNN in inference mode, carrying canonical weights (see ``convkit.reference.cnn``)."""
         ...
 
     def train_reference_cnn(

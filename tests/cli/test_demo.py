@@ -4,8 +4,8 @@ import itertools
 
 from conftest import run_convkit
 
-from convkit.demo import DEMO_EXPORTS
 from convkit.frontends import load_frontend_class
+from convkit.reference.demo import DEMO_EXPORTS
 
 
 def test_demo_exports_verifies_and_runs_everything_installed(tmp_path):

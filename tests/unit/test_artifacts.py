@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from convkit.artifacts import (
+from convkit.core.artifacts import (
     atomic_path,
     list_test_data_sets,
     load_arrays,

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from convkit.compare import ParityReport, Tolerance, compare_arrays, compare_outputs, default_tolerance
+from convkit.core.compare import ParityReport, Tolerance, compare_arrays, compare_outputs, default_tolerance
 
 
 def test_identical_float_outputs_pass_with_zero_error():

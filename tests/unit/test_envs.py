@@ -1,4 +1,5 @@
-"""Framework environments (``convkit.envs``): the stamp, the states, and create's promises (idempotent,
+"""Framework environments (``convkit.frontends._worker.envs``): the stamp, the states, and create's
+promises (idempotent,
 atomic, a clear error), with lock files of the test's own so that nothing here installs a framework."""
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import run_convkit
 
-from convkit import envs
 from convkit.errors import FrameworkUnavailableError
+from convkit.frontends._worker import envs
 
 
 @pytest.fixture
@@ -57,7 +58,8 @@ def test_stale_reasons_name_what_changed(tmp_path):
 
 
 def test_states_missing_ready_stale_and_what_creates_them(locks):
-    lock = locks / "demo.lock"
+    lock = locks / "demo" / "demo.lock"
+    lock.parent.mkdir()
     lock.write_text("# nothing to install\n")
     assert envs.known_envs() == ["demo"]
     status = envs.env_status("demo")
@@ -81,7 +83,8 @@ def test_states_missing_ready_stale_and_what_creates_them(locks):
 
 
 def test_an_unfinished_env_is_stale_and_an_unknown_name_is_an_error(locks):
-    lock = locks / "demo.lock"
+    lock = locks / "demo" / "demo.lock"
+    lock.parent.mkdir()
     lock.write_text("# nothing\n")
     _fake_env("demo", lock, stamp=None)
     assert envs.env_status("demo").state == envs.STALE
@@ -112,7 +115,8 @@ def test_lock_stages_split_at_pip_flag_markers(tmp_path):
 
 
 def test_create_is_idempotent_and_publishes_a_ready_env(locks):
-    lock = locks / "demo.lock"
+    lock = locks / "demo" / "demo.lock"
+    lock.parent.mkdir()
     lock.write_text("# no packages: a bare virtual environment\n")
     lines: list[str] = []
     created = envs.create_env("demo", echo=lines.append)
@@ -138,7 +142,8 @@ def test_create_is_idempotent_and_publishes_a_ready_env(locks):
 
 
 def test_a_failed_create_leaves_nothing_and_quotes_pip(locks):
-    (locks / "bad.lock").write_text("convkit-no-such-package==0.0.1\n")
+    (locks / "bad").mkdir()
+    (locks / "bad" / "bad.lock").write_text("convkit-no-such-package==0.0.1\n")
     with pytest.raises(envs.FrameworkEnvError) as caught:
         envs.create_env("bad")
     assert "pip install" in caught.value.message

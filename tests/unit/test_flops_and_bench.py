@@ -2,10 +2,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from convkit.bench import bench_model, interleave
-from convkit.flops import count_flops
-from convkit.onnx_model import load_onnx
-from convkit.peak import nominal_peak_gflops
+from convkit.graph.flops import count_flops
+from convkit.graph.model import load_onnx
+from convkit.perf.bench import bench_model, interleave
+from convkit.perf.peak import nominal_peak_gflops
 
 
 def test_reference_cnn_flops_match_the_founding_document(cnn_case):

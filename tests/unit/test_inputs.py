@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from convkit.core.inputs import parse_input_spec, random_inputs, specs_from_arrays, verification_data_sets
 from convkit.errors import DataError
-from convkit.inputs import parse_input_spec, random_inputs, specs_from_arrays, verification_data_sets
 
 
 def test_parse_input_spec_with_symbolic_dims_and_dtype():

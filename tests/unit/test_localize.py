@@ -6,10 +6,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from convkit.api import verify_testcase
+from convkit.diagnose.localize import localize
+from convkit.diagnose.reduce import NothingToReduceError, reduce_model
 from convkit.errors import ConvkitError
-from convkit.localize import localize
-from convkit.onnx_model import load_onnx
-from convkit.reduce import NothingToReduceError, reduce_model
+from convkit.graph.model import load_onnx
 
 X = {"x": np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)}
 
@@ -109,7 +109,7 @@ def test_unrelated_reference_model_is_refused(original, old_opset_case):
 
 
 def test_node_source_reads_the_torch_exporters_scopes_and_stack():
-    from convkit.localize import node_source
+    from convkit.diagnose.localize import node_source
 
     node = helper.make_node("Conv", ["x", "w"], ["y"], name="node_conv2d_1")
     helper.set_metadata_props(

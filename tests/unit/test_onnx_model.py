@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from convkit.errors import InputFileError, ModelLoadError, UnsafeModelError
-from convkit.onnx_model import load_onnx, normalize_export
+from convkit.graph.model import load_onnx, normalize_export
 
 
 def _external_model(tmp_path, location):
@@ -84,7 +84,7 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path, location):
 
 
 def test_external_data_beside_the_model_is_accepted_and_runs(tmp_path):
-    from convkit.runtime import RuntimeSession, SessionOptions
+    from convkit.core.runtime import RuntimeSession, SessionOptions
 
     np.ones((4, 4), np.float32).tofile(tmp_path / "weights.bin")
     model = load_onnx(_external_model(tmp_path, "weights.bin"))
@@ -113,7 +113,7 @@ def test_old_opset_case_is_copied_intact(old_opset_case, tmp_path):
 
 
 def test_initializers_listed_as_inputs_are_removed_from_the_inputs(cnn_case, tmp_path):
-    from convkit.runtime import RuntimeSession, SessionOptions
+    from convkit.core.runtime import RuntimeSession, SessionOptions
 
     proto = load_onnx(cnn_case).proto
     for tensor in proto.graph.initializer:

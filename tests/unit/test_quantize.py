@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from convkit.errors import DataError
-from convkit.onnx_model import load_onnx
+from convkit.graph.model import load_onnx
 from convkit.quantize import float32_chains, quantize_model, shallow_convs
 
 

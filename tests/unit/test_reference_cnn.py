@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from convkit.errors import DataError
-from convkit.reference_cnn import (
+from convkit.reference.cnn import (
     SHAPES,
     fc1_to_nhwc,
     from_channels_last,

@@ -3,9 +3,9 @@
 import numpy as np
 import onnx
 
-from convkit.onnx_model import load_onnx
-from convkit.rewrites import flatten_channels_last, pool_before_activation
-from convkit.runtime import RuntimeSession, SessionOptions
+from convkit.core.runtime import RuntimeSession, SessionOptions
+from convkit.graph.model import load_onnx
+from convkit.graph.rewrites import flatten_channels_last, pool_before_activation
 
 
 def _run(proto, x, folder):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from convkit.api import verify_testcase
+from convkit.core.runtime import RuntimeSession, SessionOptions, available_providers, resolve_providers
 from convkit.errors import DataError, ProviderUnavailableError
-from convkit.onnx_model import load_onnx
-from convkit.runtime import RuntimeSession, SessionOptions, available_providers, resolve_providers
+from convkit.graph.model import load_onnx
 
 HAS_CUDA = "CUDAExecutionProvider" in available_providers()
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from convkit.reference_cnn import SHAPES
-from convkit.workers import WORKERS_DIR
-from convkit.workers.protocol import WorkerFailure, check_weights_fit
+import convkit.frontends
+from convkit.frontends._worker.env.protocol import WorkerFailure, check_weights_fit
+from convkit.reference.cnn import SHAPES
 
 
 def test_weights_that_fit_pass_and_every_misfit_is_named_in_one_line():
@@ -39,7 +39,12 @@ def test_a_custom_fit_accepts_shapes_the_framework_infers_later():
     check_weights_fit("w.params", {"dense.weight": (10, 0)}, {"dense.weight": (10, 1600)}, None, fits)
 
 
-@pytest.mark.parametrize("path", sorted(WORKERS_DIR.glob("*_reference.py")), ids=lambda p: p.stem)
+FRONTENDS_DIR = Path(convkit.frontends.__file__).parent
+
+
+@pytest.mark.parametrize(
+    "path", sorted(FRONTENDS_DIR.glob("*/env/reference.py")), ids=lambda p: p.parent.parent.name
+)
 def test_each_frameworks_reference_module_has_the_canonical_shapes(path: Path):
     tree = ast.parse(path.read_text())
     found = next(

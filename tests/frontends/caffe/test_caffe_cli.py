@@ -20,7 +20,7 @@ from conftest import (
 )
 from onnx import numpy_helper
 
-from convkit.envs import unavailable_reason
+from convkit.frontends._worker.envs import unavailable_reason
 
 _REASON = unavailable_reason("caffe")
 if _REASON is not None:

@@ -13,13 +13,13 @@ import pytest
 from conftest import FIXTURES, ROOT
 
 from convkit import api
-from convkit.artifacts import list_test_data_sets, read_test_data_set
-from convkit.envs import unavailable_reason
+from convkit.core.artifacts import list_test_data_sets, read_test_data_set
 from convkit.errors import ConvkitError, InputFileError
 from convkit.frontends import ExportOptions, LoadOptions, resolve_source
+from convkit.frontends._worker.envs import unavailable_reason
 from convkit.frontends.caffe import CaffeFrontend, caffe_files
-from convkit.onnx_model import load_onnx
-from convkit.reference_cnn import load_weights
+from convkit.graph.model import load_onnx
+from convkit.reference.cnn import load_weights
 
 _REASON = unavailable_reason("caffe")
 if _REASON is not None:

@@ -19,7 +19,7 @@ from conftest import (
     verify_report,
 )
 
-from convkit.envs import unavailable_reason
+from convkit.frontends._worker.envs import unavailable_reason
 
 _REASON = unavailable_reason("chainer")
 if _REASON is not None:

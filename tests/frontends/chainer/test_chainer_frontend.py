@@ -13,15 +13,15 @@ import pytest
 from conftest import FIXTURES, ROOT
 
 from convkit import api
-from convkit.artifacts import list_test_data_sets, read_test_data_set
-from convkit.envs import unavailable_reason
+from convkit.core.artifacts import list_test_data_sets, read_test_data_set
+from convkit.core.inputs import parse_input_spec
 from convkit.errors import DataError, ExportError, InputFileError, ModelLoadError, UnsafeModelError
 from convkit.frontends import LoadOptions
+from convkit.frontends._worker.envs import unavailable_reason
 from convkit.frontends.base import ExportOptions
 from convkit.frontends.chainer import ChainerFrontend
-from convkit.inputs import parse_input_spec
-from convkit.onnx_model import load_onnx
-from convkit.reference_cnn import load_weights
+from convkit.graph.model import load_onnx
+from convkit.reference.cnn import load_weights
 
 _REASON = unavailable_reason("chainer")
 if _REASON is not None:

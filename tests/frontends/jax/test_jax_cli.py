@@ -23,7 +23,7 @@ pytest.importorskip("jax")
 pytest.importorskip("flax")
 pytest.importorskip("jax2onnx")
 
-from convkit.reference_cnn import SHAPES, load_digits, load_weights
+from convkit.reference.cnn import SHAPES, load_digits, load_weights
 
 pytestmark = pytest.mark.jax
 

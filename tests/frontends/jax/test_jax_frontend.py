@@ -18,7 +18,10 @@ pytest.importorskip("jax2onnx")
 import jax.numpy as jnp  # noqa: E402
 from flax import linen, nnx  # noqa: E402
 
-from convkit.artifacts import list_test_data_sets, read_test_data_set  # noqa: E402
+from convkit.core.artifacts import list_test_data_sets, read_test_data_set  # noqa: E402
+from convkit.core.inputs import InputSpec, random_inputs  # noqa: E402
+from convkit.core.runtime import RuntimeSession, SessionOptions  # noqa: E402
+from convkit.core.sources import framework_of, load_factory  # noqa: E402
 from convkit.errors import (  # noqa: E402
     DataError,
     ExportError,
@@ -28,11 +31,8 @@ from convkit.errors import (  # noqa: E402
 )
 from convkit.frontends import ExportOptions, LoadOptions, canonical_name  # noqa: E402
 from convkit.frontends.jax import DEFAULT_OPSET, JaxFrontend  # noqa: E402
-from convkit.inputs import InputSpec, random_inputs  # noqa: E402
-from convkit.onnx_model import load_onnx  # noqa: E402
-from convkit.reference_cnn import SHAPES, load_digits, load_weights  # noqa: E402
-from convkit.runtime import RuntimeSession, SessionOptions  # noqa: E402
-from convkit.sources import framework_of, load_factory  # noqa: E402
+from convkit.graph.model import load_onnx  # noqa: E402
+from convkit.reference.cnn import SHAPES, load_digits, load_weights  # noqa: E402
 
 pytestmark = pytest.mark.jax
 

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from conftest import ROOT, assert_verify_fails, run_convkit, tampered_copy, verify_report
 
-from convkit.envs import env_python, unavailable_reason
+from convkit.frontends._worker.envs import env_python, unavailable_reason
 
 _REASON = unavailable_reason("mxnet")
 if _REASON is not None:

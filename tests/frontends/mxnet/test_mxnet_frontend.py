@@ -13,16 +13,16 @@ import pytest
 from conftest import FIXTURES, ROOT
 
 from convkit import api
-from convkit.artifacts import list_test_data_sets, read_test_data_set
-from convkit.envs import env_python, unavailable_reason
+from convkit.core.artifacts import list_test_data_sets, read_test_data_set
+from convkit.core.inputs import parse_input_spec
 from convkit.errors import DataError, InputFileError, ModelLoadError
 from convkit.frontends import LoadOptions, resolve_source
+from convkit.frontends._worker import WorkerSourceError
+from convkit.frontends._worker.envs import env_python, unavailable_reason
 from convkit.frontends.base import ExportOptions
 from convkit.frontends.mxnet import MXNetFrontend, symbol_files
-from convkit.inputs import parse_input_spec
-from convkit.onnx_model import load_onnx
-from convkit.reference_cnn import load_weights
-from convkit.workers import WorkerSourceError
+from convkit.graph.model import load_onnx
+from convkit.reference.cnn import load_weights
 
 _REASON = unavailable_reason("mxnet")
 if _REASON is not None:

@@ -18,7 +18,7 @@ from conftest import (
     verify_report,
 )
 
-from convkit.envs import unavailable_reason
+from convkit.frontends._worker.envs import unavailable_reason
 
 _REASON = unavailable_reason("paddle")
 if _REASON is not None:

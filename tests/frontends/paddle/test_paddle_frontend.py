@@ -13,15 +13,15 @@ import pytest
 from conftest import FIXTURES, ROOT, run_convkit
 
 from convkit import api
-from convkit.artifacts import list_test_data_sets, read_test_data_set
-from convkit.envs import unavailable_reason
+from convkit.core.artifacts import list_test_data_sets, read_test_data_set
+from convkit.core.inputs import parse_input_spec
 from convkit.errors import DataError, InputFileError
 from convkit.frontends import LoadOptions, resolve_source
+from convkit.frontends._worker import WorkerSourceError, WorkerTimeoutError
+from convkit.frontends._worker.envs import unavailable_reason
 from convkit.frontends.paddle import PaddleFrontend, inference_model_files
-from convkit.inputs import parse_input_spec
-from convkit.onnx_model import load_onnx
-from convkit.reference_cnn import load_weights
-from convkit.workers import WorkerSourceError, WorkerTimeoutError
+from convkit.graph.model import load_onnx
+from convkit.reference.cnn import load_weights
 
 _REASON = unavailable_reason("paddle")
 if _REASON is not None:
@@ -125,7 +125,7 @@ def test_a_legacy_pdmodel_folder_exports_and_verifies(tmp_path):
     """A model saved with the old IR (``.pdmodel``, as many published Paddle models are).
 
     NOTE: why the CNN: Paddle 3.3 can no longer trace ``functional.gelu`` into an old-IR program."""
-    from convkit.envs import env_python
+    from convkit.frontends._worker.envs import env_python
 
     folder = tmp_path / "legacy"
     script = (

@@ -10,9 +10,9 @@ pytest.importorskip("tensorflow")
 pytest.importorskip("tf2onnx")
 
 from convkit import api
+from convkit.core.inputs import parse_input_spec
+from convkit.core.sources import load_factory
 from convkit.frontends import get_frontend
-from convkit.inputs import parse_input_spec
-from convkit.sources import load_factory
 from convkit.testing import ParityAssertionError, assert_parity
 
 pytestmark = pytest.mark.tensorflow

@@ -25,8 +25,11 @@ for _package in ("tensorflow", "keras", "tf2onnx"):
             f"{_package} is not installed (pip install 'convkit[tensorflow]')", allow_module_level=True
         )
 
-from convkit.artifacts import list_test_data_sets, read_test_data_set  # noqa: E402
-from convkit.compare import compare_arrays, compare_outputs  # noqa: E402
+from convkit.core.artifacts import list_test_data_sets, read_test_data_set  # noqa: E402
+from convkit.core.compare import compare_arrays, compare_outputs  # noqa: E402
+from convkit.core.inputs import InputSpec, make_static, random_inputs, verification_data_sets  # noqa: E402
+from convkit.core.runtime import RuntimeSession  # noqa: E402
+from convkit.core.sources import load_factory  # noqa: E402
 from convkit.errors import (  # noqa: E402
     DataError,
     ExportError,
@@ -39,14 +42,11 @@ from convkit.frontends import (  # noqa: E402
     ExportOptions,
     LoadOptions,
     resolve_source,
-    tensorflow_layers,
 )
 from convkit.frontends import tensorflow as tf_frontend  # noqa: E402
-from convkit.inputs import InputSpec, make_static, random_inputs, verification_data_sets  # noqa: E402
-from convkit.onnx_model import load_onnx  # noqa: E402
-from convkit.reference_cnn import SHAPES, load_digits, load_weights  # noqa: E402
-from convkit.runtime import RuntimeSession  # noqa: E402
-from convkit.sources import load_factory  # noqa: E402
+from convkit.frontends.tensorflow import layers as tf_layers  # noqa: E402
+from convkit.graph.model import load_onnx  # noqa: E402
+from convkit.reference.cnn import SHAPES, load_digits, load_weights  # noqa: E402
 
 pytestmark = pytest.mark.tensorflow
 
@@ -495,7 +495,7 @@ def test_layer_outputs_pair_every_computing_layer(frontend, reference_export):
     assert {p.layer: p.value.shape[1:] for p in pairs} == REFERENCE_LAYERS
     assert [p.layer for p in pairs] == list(REFERENCE_LAYERS)
     assert all(f"/{p.layer}" in p.onnx_value or p.onnx_value == "probs" for p in pairs)
-    from convkit.localize import onnxruntime_evaluator
+    from convkit.diagnose.localize import onnxruntime_evaluator
 
     values = onnxruntime_evaluator(proto)([p.onnx_value for p in pairs], feeds)
     for pair, value in zip(pairs, values, strict=True):
@@ -506,7 +506,7 @@ def test_layer_outputs_without_a_fresh_export_pair_by_shape(frontend, reference_
     model, path = reference_export
     feeds = random_inputs(frontend.input_specs(model), 2)
     checked = frontend.layer_outputs(model, onnx.load(path), feeds)
-    monkeypatch.setattr(tensorflow_layers, "_fresh_export", lambda *args: None)
+    monkeypatch.setattr(tf_layers, "_fresh_export", lambda *args: None)
     by_shape = frontend.layer_outputs(model, onnx.load(path), feeds)
     assert [(p.layer, p.onnx_value) for p in by_shape] == [(p.layer, p.onnx_value) for p in checked]
 
@@ -522,7 +522,7 @@ def test_layer_outputs_drop_pairings_a_faithful_export_does_not_reproduce(
     # NOTE: why not one constant: softmax is blind to a shift common to all logits
     changed = numpy_helper.to_array(bias) + np.linspace(0, 1, 10, dtype=np.float32)
     bias.CopyFrom(numpy_helper.from_array(changed, bias.name))
-    monkeypatch.setattr(tensorflow_layers, "_fresh_export", lambda *args: fresh)
+    monkeypatch.setattr(tf_layers, "_fresh_export", lambda *args: fresh)
     pairs = frontend.layer_outputs(model, onnx.load(path), random_inputs(frontend.input_specs(model), 2))
     assert [p.layer for p in pairs] == list(REFERENCE_LAYERS)[:-1]
 
@@ -530,12 +530,12 @@ def test_layer_outputs_drop_pairings_a_faithful_export_does_not_reproduce(
 def test_name_scopes_resolve_to_layers():
     """TensorFlow makes each layer's scope unique (``conv2_1``); a suffixed match wins over an exact one."""
     names = ["dense", "dense_1", "conv2", "relu"]
-    assert tensorflow_layers._scope_of("conv2_1", names) == "conv2"
-    assert tensorflow_layers._scope_of("conv2", names) == "conv2"
-    assert tensorflow_layers._scope_of("dense_1", names) == "dense"
-    assert tensorflow_layers._scope_of("dense_1_1", names) == "dense_1"
-    assert tensorflow_layers._scope_of("Relu", names) is None
-    assert tensorflow_layers._scope_of("conv2_x", names) is None
+    assert tf_layers._scope_of("conv2_1", names) == "conv2"
+    assert tf_layers._scope_of("conv2", names) == "conv2"
+    assert tf_layers._scope_of("dense_1", names) == "dense"
+    assert tf_layers._scope_of("dense_1_1", names) == "dense_1"
+    assert tf_layers._scope_of("Relu", names) is None
+    assert tf_layers._scope_of("conv2_x", names) is None
 
 
 def test_layer_outputs_of_models_without_layers_are_empty(frontend):
@@ -546,7 +546,7 @@ def test_layer_outputs_of_models_without_layers_are_empty(frontend):
 def test_healthy_mobilenet_localizes_to_nothing(frontend, tmp_path):
     """tf2onnx folds each BatchNormalization into the Conv before it (the Conv then carries the
     BatchNormalization's name): no pairing may make a faithful export look wrong."""
-    from convkit.localize import localize_against_framework
+    from convkit.diagnose.localize import localize_against_framework
 
     model = factory(frontend, "tiny_mobilenet")
     specs = frontend.input_specs(model)

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from conftest import ROOT, assert_matrix_agrees_with_torch, assert_verify_fails, run_convkit, tampered_copy
 
-from convkit.envs import unavailable_reason
+from convkit.frontends._worker.envs import unavailable_reason
 
 _REASON = unavailable_reason("theano")
 if _REASON is not None:

@@ -9,14 +9,14 @@ import pytest
 from conftest import FIXTURES, ROOT
 
 from convkit import api
-from convkit.artifacts import list_test_data_sets, read_test_data_set
-from convkit.envs import unavailable_reason
+from convkit.core.artifacts import list_test_data_sets, read_test_data_set
+from convkit.core.inputs import parse_input_spec
 from convkit.errors import DataError, ExportError, InputFileError, ModelLoadError
 from convkit.frontends import LoadOptions, get_frontend, resolve_source
+from convkit.frontends._worker.envs import unavailable_reason
 from convkit.frontends.theano import TheanoFrontend
-from convkit.inputs import parse_input_spec
-from convkit.onnx_model import load_onnx
-from convkit.reference_cnn import load_weights
+from convkit.graph.model import load_onnx
+from convkit.reference.cnn import load_weights
 
 _REASON = unavailable_reason("theano")
 if _REASON is not None:

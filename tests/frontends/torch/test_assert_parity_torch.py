@@ -11,8 +11,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
 
 from convkit import api  # noqa: E402
-from convkit.inputs import parse_input_spec  # noqa: E402
-from convkit.sources import load_factory  # noqa: E402
+from convkit.core.inputs import parse_input_spec  # noqa: E402
+from convkit.core.sources import load_factory  # noqa: E402
 from convkit.testing import ParityAssertionError, assert_parity  # noqa: E402
 
 pytestmark = pytest.mark.torch

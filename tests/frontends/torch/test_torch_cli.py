@@ -158,6 +158,6 @@ def test_fallback_and_forced_exporters_from_the_command_line(tmp_path):
 
 
 def _reference_cnn() -> torch.nn.Module:
-    from convkit.sources import load_factory
+    from convkit.core.sources import load_factory
 
     return load_factory(str(ROOT / SOURCE))

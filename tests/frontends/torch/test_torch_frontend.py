@@ -17,8 +17,11 @@ pytest.importorskip("onnxscript")
 
 from torch import nn  # noqa: E402
 
-from convkit.artifacts import read_test_data_set  # noqa: E402
-from convkit.compare import compare_arrays  # noqa: E402
+from convkit.core.artifacts import read_test_data_set  # noqa: E402
+from convkit.core.compare import compare_arrays  # noqa: E402
+from convkit.core.inputs import InputSpec, parse_input_spec, random_inputs  # noqa: E402
+from convkit.core.runtime import RuntimeSession, SessionOptions  # noqa: E402
+from convkit.core.sources import load_factory  # noqa: E402
 from convkit.errors import (  # noqa: E402
     DataError,
     ExportError,
@@ -28,10 +31,7 @@ from convkit.errors import (  # noqa: E402
 )
 from convkit.frontends import ExportOptions, LoadOptions  # noqa: E402
 from convkit.frontends.torch import TorchFrontend  # noqa: E402
-from convkit.inputs import InputSpec, parse_input_spec, random_inputs  # noqa: E402
-from convkit.onnx_model import load_onnx  # noqa: E402
-from convkit.runtime import RuntimeSession, SessionOptions  # noqa: E402
-from convkit.sources import load_factory  # noqa: E402
+from convkit.graph.model import load_onnx  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

@@ -18,13 +18,14 @@ from onnx import numpy_helper
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
 
-from convkit.compare import compare_arrays  # noqa: E402
-from convkit.frontends import ExportOptions, LoadOptions, torch_layers  # noqa: E402
+from convkit.core.compare import compare_arrays  # noqa: E402
+from convkit.core.inputs import parse_input_spec, random_inputs  # noqa: E402
+from convkit.core.sources import load_factory  # noqa: E402
+from convkit.diagnose.localize import localize_against_framework, onnxruntime_evaluator  # noqa: E402
+from convkit.frontends import ExportOptions, LoadOptions  # noqa: E402
 from convkit.frontends.torch import TorchFrontend  # noqa: E402
-from convkit.inputs import parse_input_spec, random_inputs  # noqa: E402
-from convkit.localize import localize_against_framework, onnxruntime_evaluator  # noqa: E402
-from convkit.onnx_model import load_onnx  # noqa: E402
-from convkit.sources import load_factory  # noqa: E402
+from convkit.frontends.torch import layers as torch_layers  # noqa: E402
+from convkit.graph.model import load_onnx  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

@@ -21,15 +21,15 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
 
-from convkit.artifacts import list_test_data_sets, read_test_data_set  # noqa: E402
+from convkit.core.artifacts import list_test_data_sets, read_test_data_set  # noqa: E402
+from convkit.core.inputs import InputSpec  # noqa: E402
+from convkit.core.runtime import RuntimeSession, SessionOptions  # noqa: E402
+from convkit.core.sources import load_factory  # noqa: E402
 from convkit.errors import DataError  # noqa: E402
 from convkit.frontends import ExportOptions  # noqa: E402
 from convkit.frontends.torch import TorchFrontend  # noqa: E402
-from convkit.inputs import InputSpec  # noqa: E402
-from convkit.onnx_model import load_onnx  # noqa: E402
-from convkit.reference_cnn import SHAPES, load_digits, load_weights  # noqa: E402
-from convkit.runtime import RuntimeSession, SessionOptions  # noqa: E402
-from convkit.sources import load_factory  # noqa: E402
+from convkit.graph.model import load_onnx  # noqa: E402
+from convkit.reference.cnn import SHAPES, load_digits, load_weights  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

@@ -1,0 +1,211 @@
+"""``convkit bench``: onnxruntime against the native framework, interleaved in one process.
+
+Each round runs every contender for a short block of calls, in a rotating order, so a burst of load from
+elsewhere on the machine hits all of them alike; medians and percentiles come from the per-call times.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from convkit.core.runtime import RuntimeSession, SessionOptions
+from convkit.graph.flops import count_flops
+from convkit.graph.model import OnnxModel
+from convkit.perf.peak import PeakEstimate
+
+Runner = Callable[[], Any]
+
+
+@dataclass
+class Timing:
+    """One contender at one batch size."""
+
+    contender: str
+    batch: int
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    calls: int
+    samples_per_s: float
+    gflops: float | None = None
+    peak_share: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class BenchReport:
+    model: str
+    threads: int
+    flops_per_sample: int
+    peak: PeakEstimate | None
+    timings: list[Timing] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def ratio(self, batch: int, numerator: str, denominator: str) -> float | None:
+        """How many times faster ``numerator`` is than ``denominator`` (median latency), at ``batch``."""
+        by_name = {t.contender: t for t in self.timings if t.batch == batch}
+        if numerator not in by_name or denominator not in by_name:
+            return None
+        return by_name[denominator].median_ms / by_name[numerator].median_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "threads": self.threads,
+            "flops_per_sample": self.flops_per_sample,
+            "peak": None if self.peak is None else dict(self.peak.__dict__),
+            "timings": [t.to_dict() for t in self.timings],
+            "notes": self.notes,
+        }
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def interleave(
+    runners: Mapping[str, Runner],
+    warmup: int = 5,
+    min_calls: int = 20,
+    min_seconds: float = 1.0,
+    max_calls: int = 2000,
+    progress: Callable[[int], None] | None = None,
+    block_seconds: float = 0.05,
+) -> dict[str, list[float]]:
+    """Time every runner in rounds: each round gives each runner, in rotating order, a short block of
+    calls (``block_seconds``, at least one call) after one untimed call.
+
+    Stops when each runner has at least ``min_calls`` timed calls and ``min_seconds`` have passed, or after
+    ``max_calls`` rounds. Returns per-call seconds.
+
+    NOTE: why blocks, and the untimed call at each switch: runtimes keep their worker threads spinning for
+    a while after a call (onnxruntime, OpenMP in PyTorch, Eigen in TensorFlow); measured here, strictly
+    alternating single calls made torch eager 2.3x slower at batch 64 behind a spinning onnxruntime. Blocks
+    a few dozen milliseconds long still spread a burst of load from elsewhere over every contender.
+    """
+    names = list(runners)
+    for _ in range(warmup):
+        for name in names:
+            runners[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < max_calls:
+        order = names[rounds % len(names) :] + names[: rounds % len(names)]
+        for name in order:
+            run, recorded = runners[name], times[name]
+            run()
+            block_end = time.perf_counter() + block_seconds
+            while True:
+                t0 = time.perf_counter()
+                run()
+                t1 = time.perf_counter()
+                recorded.append(t1 - t0)
+                if t1 >= block_end:
+                    break
+        rounds += 1
+        if progress:
+            progress(1)
+        enough = min(len(v) for v in times.values()) >= min_calls
+        if enough and time.perf_counter() - start >= min_seconds:
+            break
+    return times
+
+
+def summarize(
+    contender: str, batch: int, seconds: Sequence[float], flops: int, peak_gflops: float | None
+) -> Timing:
+    median = statistics.median(seconds)
+    gflops = flops * batch / median / 1e9 if flops else None
+    return Timing(
+        contender=contender,
+        batch=batch,
+        median_ms=median * 1e3,
+        p10_ms=percentile(seconds, 10) * 1e3,
+        p90_ms=percentile(seconds, 90) * 1e3,
+        calls=len(seconds),
+        samples_per_s=batch / median,
+        gflops=gflops,
+        peak_share=gflops / peak_gflops if gflops is not None and peak_gflops else None,
+    )
+
+
+def onnxruntime_runners(
+    model: OnnxModel, feeds: Mapping[str, np.ndarray], threads: int | None
+) -> dict[str, Runner]:
+    """convkit's tuned session, and onnxruntime with its default session options for comparison."""
+    import onnxruntime as ort
+
+    tuned = RuntimeSession(model, SessionOptions(provider="cpu", threads=threads))
+    arrays = tuned.check_feeds(feeds)
+    default_session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
+    return {
+        "convkit (onnxruntime)": tuned.bind(arrays),
+        "onnxruntime defaults": lambda: default_session.run(None, arrays),
+    }
+
+
+def flops_per_sample(model: OnnxModel, feeds: Mapping[str, np.ndarray], batch: int) -> tuple[int, list[str]]:
+    total, unknown = count_flops(model.proto, {k: tuple(np.shape(v)) for k, v in feeds.items()})
+    return total // max(batch, 1), unknown
+
+
+def bench_model(
+    path: str,
+    batch_sizes: Sequence[int] = (1, 64),
+    threads: int | None = None,
+    source: str | None = None,
+    framework: str | None = None,
+    min_seconds: float = 1.0,
+    peak: PeakEstimate | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> BenchReport:
+    """Benchmark ``path`` in onnxruntime and, with ``source``, the framework's own runners, interleaved.
+
+    NOTE: why the native side is optional: a front end offers its runners (eager, compiled) through an
+    optional ``benchmark_runners(model, inputs)`` method; a front end without one is simply not a contender.
+    """
+    from convkit.api import specs_from_session
+    from convkit.core.inputs import random_inputs
+    from convkit.core.runtime import usable_cpu_count
+    from convkit.frontends import LoadOptions, resolve_source
+    from convkit.graph.model import load_onnx
+
+    model = load_onnx(path)
+    probe = RuntimeSession(model, SessionOptions(provider="cpu", threads=threads))
+    specs = specs_from_session(probe.inputs)
+    native = frontend = None
+    if source is not None:
+        frontend, preloaded = resolve_source(source, framework)
+        native = frontend.load(source, LoadOptions(), preloaded)
+    report = BenchReport(str(model.path), threads or usable_cpu_count(), 0, peak)
+    for batch in batch_sizes:
+        feeds = random_inputs(specs, batch)
+        flops, unknown = flops_per_sample(model, feeds, batch)
+        report.flops_per_sample = flops
+        if unknown:
+            report.notes.append(
+                f"FLOPs of {len(unknown)} node(s) unknown (shapes not inferred): {unknown[:3]}"
+            )
+        runners = onnxruntime_runners(model, feeds, threads)
+        if frontend is not None:
+            extra = getattr(frontend, "benchmark_runners", None)
+            if extra is None:
+                report.notes.append(f"the {frontend.name} front end offers no benchmark runners")
+            else:
+                runners.update(extra(native, feeds))
+        times = interleave(runners, min_seconds=min_seconds, progress=progress)
+        peak_gflops = None
+        if peak is not None:
+            peak_gflops = peak.nominal_gflops or peak.measured_gflops
+        for name, seconds in times.items():
+            report.timings.append(summarize(name, batch, seconds, flops, peak_gflops))
+    return report
