@@ -214,7 +214,7 @@ def to_junit_xml(report: MatrixReport) -> str:
     """One testcase per framework (its ONNX against itself) and per pair of frameworks."""
     import xml.etree.ElementTree as ET
 
-    suite = ET.Element("testsuite", name="convkit.reference.matrix")
+    suite = ET.Element("testsuite", name="convkit.matrix")
     cases = 0
     failures = skipped = 0
     for r in report.frameworks:
