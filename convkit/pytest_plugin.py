@@ -50,7 +50,7 @@ def convkit_parity(request: pytest.FixtureRequest) -> Callable[..., ParityReport
         return report
 
     def _write(report: ParityReport) -> None:
-        from convkit.report.parity import write_report_files
+        from convkit.report.files import write_report_files
 
         path = Path(folder) / f"{stem}-{len(written)}.json"
         path.parent.mkdir(parents=True, exist_ok=True)

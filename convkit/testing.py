@@ -28,7 +28,7 @@ class ParityAssertionError(AssertionError):
     """Parity does not hold. ``report`` is the full ``ParityReport`` (``report.to_dict()`` for JSON)."""
 
     def __init__(self, report: ParityReport) -> None:
-        from convkit.report.parity import render_text
+        from convkit.report.text import render_text
 
         super().__init__(render_text(report))
         self.report = report

@@ -54,7 +54,7 @@ def run_demo(out_dir: str, options: SessionOptions, echo: Callable[[str], None])
     from convkit import api
     from convkit.core.inputs import parse_input_spec
     from convkit.frontends import get_frontend
-    from convkit.report.parity import _table
+    from convkit.report.text import format_table
 
     if not (FIXTURES / "testcases").is_dir():
         raise ConvkitError(
@@ -113,7 +113,7 @@ def run_demo(out_dir: str, options: SessionOptions, echo: Callable[[str], None])
             rows.append(DemoRow(task, "every framework", export_rows[0].provider, shown, result))
     echo("")
     echo(
-        _table(
+        format_table(
             ["task", "reference", "provider", "max abs diff", "result"],
             [[r.task, r.reference, r.provider, r.max_abs_diff, r.result] for r in rows],
         )

@@ -15,6 +15,7 @@ from conftest import run_convkit
 
 from convkit.errors import FrameworkUnavailableError
 from convkit.frontends._worker import envs
+from convkit.report.tables import render_env_list
 
 
 @pytest.fixture
@@ -78,7 +79,7 @@ def test_states_missing_ready_stale_and_what_creates_them(locks):
     stale = envs.env_status("demo")
     assert stale.state == envs.STALE and "lock file changed" in stale.detail
     assert "stale" in envs.unavailable_reason("demo")
-    rendered = envs.render_env_list(envs.list_envs())
+    rendered = render_env_list(envs.list_envs(), envs.LOCKS)
     assert "demo" in rendered and "stale" in rendered and "convkit env create demo" in rendered
 
 

@@ -391,18 +391,3 @@ def lock_packages(lock: Path) -> list[str]:
         if text and not text.startswith("-"):
             names.append(canonical_package(text))
     return names
-
-
-# ----------------------------------------------------------------------------------------------- render
-def render_env_list(statuses: list[EnvStatus]) -> str:
-    """One line per environment: name, state, path, and for the others what creates them."""
-    if not statuses:
-        return f"no framework environments are defined (no lock files in {LOCKS})"
-    width = max(len(s.name) for s in statuses)
-    lines = []
-    for status in statuses:
-        line = f"{status.name:<{width}}  {status.state:<7}  {status.path}"
-        if status.state != READY:
-            line += f"  ({status.detail}: {status.create_command})"
-        lines.append(line)
-    return "\n".join(lines)

@@ -1,0 +1,76 @@
+"""The ``convkit`` command: parses options, calls ``convkit.api``, renders with ``convkit.report``.
+
+No logic of its own, and no heavy import at module level: ``convkit --help`` starts without torch or
+TensorFlow (a test proves it). The commands live by subject in ``model_commands`` (inspect, run, verify,
+export), ``tool_commands`` (bench, quantize, reduce) and ``framework_commands`` (train, matrix, demo, doctor,
+env), their shared options in ``options``; this module is the group and the exit codes.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import click
+
+from convkit import __version__
+from convkit.cli.framework_commands import demo, doctor, env, matrix, train
+from convkit.cli.model_commands import export, inspect, run, verify
+from convkit.cli.tool_commands import bench, quantize, reduce
+from convkit.errors import EXIT_USAGE, ConvkitError
+
+EXIT_INTERNAL = 3
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="convkit")
+@click.option("--debug", is_flag=True, help="show tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Export models to ONNX, prove they compute the same thing, run them with onnxruntime.
+
+    Exit codes: 0 success / parity holds, 1 parity fails, 2 usage or input error, 3 internal error.
+    """
+    ctx.obj = {"debug": debug}
+
+
+# NOTE: why the commands are plain click commands added here rather than ``@cli.command()`` in their modules:
+# the command modules then never import this one, so the package has no import cycle.
+for _command in (inspect, run, verify, export, bench, quantize, reduce, train, matrix, demo, doctor, env):
+    cli.add_command(_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line and exit 2; bugs exit 3 (tracebacks with --debug).
+
+    Args:
+        argv: the arguments after the program's name; ``sys.argv[1:]`` when ``None``.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="convkit", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE)
+    except ConvkitError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {exc.message}", err=True)
+        if exc.hint:
+            click.echo(f"hint: {exc.hint}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
+        click.echo("this is a bug in convkit; rerun with --debug for the traceback and report it", err=True)
+        sys.exit(EXIT_INTERNAL)

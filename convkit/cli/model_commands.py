@@ -1,0 +1,192 @@
+"""The commands on one model: ``inspect``, ``run``, ``verify`` and ``export``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from convkit.cli.options import (
+    finish_report,
+    localize_option,
+    provider_option,
+    report_options,
+    runtime_configs,
+    session_options,
+    source_options,
+    threads_option,
+    tolerance,
+    tolerance_options,
+    with_backend,
+)
+
+
+@click.command()
+@click.argument("model", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of text.")
+def inspect(model: str, as_json: bool) -> None:
+    """Show an ONNX model's IR version, opsets, inputs, outputs, operators and parameters."""
+    from convkit.api import inspect_model
+    from convkit.report.tables import render_summary
+
+    summary = inspect_model(model)
+    click.echo(json.dumps(summary.to_dict(), indent=2) if as_json else render_summary(summary))
+
+
+@click.command()
+@click.argument("model", type=click.Path())
+@click.option("--data", required=True, type=click.Path(), help=".npz, .npy or a test_data_set_N folder.")
+@click.option("--output", "-o", required=True, type=click.Path(), help="where to write the outputs (.npz).")
+@provider_option
+@threads_option
+def run(model: str, data: str, output: str, provider: str, threads: int | None) -> None:
+    """Run MODEL on the inputs in --data with onnxruntime and save the outputs as .npz."""
+    from convkit.api import run_model
+    from convkit.core.artifacts import save_npz_atomic
+
+    result = run_model(model, data, session_options(provider, threads))
+    save_npz_atomic(output, result.outputs)
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    shapes = ", ".join(f"{name} {list(value.shape)}" for name, value in result.outputs.items())
+    click.echo(f"ran on the {result.provider} provider; wrote {output}: {shapes}")
+
+
+@click.command()
+@click.argument("target", type=click.Path())
+@click.option("--source", default=None, help="verify against this framework model (file or module:factory).")
+@source_options
+@tolerance_options
+@provider_option
+@threads_option
+@click.option(
+    "--providers",
+    default=None,
+    metavar="LIST",
+    help="check on several providers in one report, e.g. cpu,cuda (overrides --provider).",
+)
+@click.option(
+    "--optimization",
+    default="all",
+    show_default=True,
+    metavar="LIST",
+    help="onnxruntime graph optimization level(s): all, extended, basic, disabled; a list checks each.",
+)
+@localize_option
+@report_options
+def verify(
+    target: str,
+    source: str | None,
+    framework: str | None,
+    inputs: tuple[str, ...],
+    data: str | None,
+    weights: str | None,
+    unsafe_allow_pickle: bool,
+    seed: int,
+    atol: float | None,
+    rtol: float | None,
+    provider: str,
+    threads: int | None,
+    providers: str | None,
+    optimization: str,
+    localize: str | None,
+    report: str | None,
+    junit: str | None,
+) -> None:
+    """Check that an ONNX model computes what it should.
+
+    TARGET is a test-case folder (model.onnx + test_data_set_N/) or a model file: without --source, the
+    stored test_data_set_N outputs beside it are the reference; with --source, the framework itself is.
+    """
+    from convkit import api
+
+    tol = tolerance(atol, rtol)
+    session = runtime_configs(providers or provider, optimization, threads)
+    if source is None:
+        if inputs or data or framework or weights:
+            raise click.UsageError("--input, --data, --framework and --weights need --source")
+        result = api.verify_testcase(target, tol, session, localize)
+    else:
+        from convkit.core.inputs import parse_input_spec
+        from convkit.frontends import LoadOptions
+
+        result = api.verify_model(
+            target,
+            source,
+            with_backend(framework),
+            [parse_input_spec(text) for text in inputs],
+            data,
+            LoadOptions(weights=weights, unsafe_pickle=unsafe_allow_pickle),
+            tol,
+            session,
+            seed,
+            localize,
+        )
+    if not result.passed and not localize:
+        result.notes.append("rerun with --localize to find the first diverging node")
+    sys.exit(finish_report(result, report, junit))
+
+
+@click.command()
+@click.argument("source")
+@click.option("--output", "-o", required=True, type=click.Path(), help="the .onnx file to write.")
+@source_options
+@click.option("--static", is_flag=True, help="fix every dimension (the first is dynamic by default).")
+@click.option("--opset", type=int, default=None, help="ONNX opset (the exporter's default if omitted).")
+@click.option("--exporter", default=None, help="force one exporter (torch: dynamo or torchscript).")
+@click.option("--no-test-data", is_flag=True, help="do not write test_data_set_0/ beside the model.")
+@click.option("--verbose", "-v", is_flag=True, help="show the exporters' own output.")
+@tolerance_options
+@provider_option
+@report_options
+def export(
+    source: str,
+    output: str,
+    framework: str | None,
+    inputs: tuple[str, ...],
+    data: str | None,
+    weights: str | None,
+    unsafe_allow_pickle: bool,
+    seed: int,
+    static: bool,
+    opset: int | None,
+    exporter: str | None,
+    no_test_data: bool,
+    verbose: bool,
+    atol: float | None,
+    rtol: float | None,
+    provider: str,
+    report: str | None,
+    junit: str | None,
+) -> None:
+    """Export SOURCE (a model file or path/to/file.py:factory) to ONNX and check it on the example inputs.
+
+    Writes the model, test_data_set_0/ (inputs and the framework's outputs) and MODEL.manifest.json.
+    """
+    from convkit.api import export_model
+    from convkit.core.inputs import parse_input_spec
+    from convkit.frontends import ExportOptions, LoadOptions
+
+    summary = export_model(
+        source,
+        output,
+        with_backend(framework),
+        [parse_input_spec(text) for text in inputs],
+        data,
+        static,
+        LoadOptions(weights=weights, unsafe_pickle=unsafe_allow_pickle, verbose=verbose),
+        ExportOptions(opset=opset, exporter=exporter, verbose=verbose),
+        not no_test_data,
+        tolerance(atol, rtol),
+        session_options(provider, None),
+        seed,
+    )
+    specs = "; ".join(spec.describe() for spec in summary.specs)
+    click.echo(
+        f"exported {summary.framework} model to {summary.model_path} with {summary.export.exporter} "
+        f"(opset {summary.export.opset}); inputs: {specs}"
+    )
+    if summary.test_data_dir:
+        click.echo(f"wrote {summary.test_data_dir} and {summary.manifest_path}")
+    sys.exit(finish_report(summary.report, report, junit))

@@ -1,0 +1,31 @@
+"""The report files ``verify`` and ``export`` write: the JSON report and the JUnit XML, each atomically."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from convkit.core.artifacts import write_text_atomic
+from convkit.report.junit import parity_junit_xml
+
+if TYPE_CHECKING:
+    from convkit.core.compare import ParityReport
+
+
+def to_json(report: ParityReport) -> str:
+    """The report's JSON document (``ParityReport.to_dict``), indented, with a final newline."""
+    return json.dumps(report.to_dict(), indent=2) + "\n"
+
+
+def write_report_files(report: ParityReport, json_path: str | None, junit_path: str | None) -> None:
+    """Write the JSON and/or JUnit files, each atomically.
+
+    Args:
+        report: the parity report both files hold.
+        json_path: where the JSON report goes; none written when ``None``.
+        junit_path: where the JUnit XML goes; none written when ``None``.
+    """
+    if json_path:
+        write_text_atomic(json_path, to_json(report))
+    if junit_path:
+        write_text_atomic(junit_path, parity_junit_xml(report))
