@@ -171,30 +171,3 @@ def upgrade_opset(
             raise UnsupportedModelError(
                 f"opset {default_domain_opset(proto)} cannot be upgraded to {target}: {exc}"
             ) from exc
-
-
-def normalize_export(model: OnnxModel) -> list[str]:
-    """The core's pass over every freshly exported file, whatever its exporter; returns notes.
-
-    Initializers listed among the graph inputs (older exporters and ``keep_initializers_as_inputs``) are
-    removed from the inputs, and the file is rewritten in place when that changed anything.
-
-    NOTE: why: an initializer that is also an input is an input a caller may override, so onnxruntime
-    cannot fold it as a constant (no constant folding, no fusions over it), and tools list hundreds of
-    "inputs" for a model that takes one. Since IR version 4 initializers need not be inputs.
-    """
-    import onnx
-
-    proto = model.proto
-    if proto.ir_version < 4:
-        return []
-    weights = {t.name for t in proto.graph.initializer}
-    kept = [value for value in proto.graph.input if value.name not in weights]
-    removed = len(proto.graph.input) - len(kept)
-    if not removed:
-        return []
-    del proto.graph.input[:]
-    proto.graph.input.extend(kept)
-    # NOTE: why save the proto as it is: external tensors stay references to the files beside the model
-    onnx.save(proto, str(model.path))
-    return [f"removed {removed} initializer(s) from the graph inputs, so that onnxruntime can fold them"]

@@ -6,8 +6,6 @@ it; the report says what was lost either way.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import platform
 import tempfile
@@ -22,6 +20,7 @@ import numpy as np
 from convkit.core.artifacts import atomic_path, load_arrays
 from convkit.core.runtime import RuntimeSession, SessionOptions
 from convkit.errors import ConvkitError, DataError, FrameworkUnavailableError
+from convkit.frontends._quiet import Quiet
 from convkit.graph.model import OnnxModel, load_onnx
 from convkit.graph.rewrites import flatten_channels_last, pool_before_activation
 
@@ -84,18 +83,6 @@ class _Reader:
 
     def rewind(self) -> None:
         self._iter = iter(self._batches)
-
-
-@contextlib.contextmanager
-def _quiet_logging() -> Iterator[None]:
-    """onnxruntime.quantization logs advice at WARNING on the root logger; keep it off the console."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def _has_vnni() -> bool:
@@ -293,7 +280,7 @@ def quantize_model(
     fp32 = RuntimeSession(model, SessionOptions(provider="cpu"))
     choices = {"on": [True], "off": [False], "auto": [False, True]}[per_channel]
     report: QuantizeReport | None = None
-    with tempfile.TemporaryDirectory() as scratch, _quiet_logging():
+    with tempfile.TemporaryDirectory() as scratch, Quiet():
         for channelwise in choices if mode != "fp16" else [None]:
             candidate_path = Path(scratch) / f"candidate_{channelwise}.onnx"
             notes: list[str] = []

@@ -255,14 +255,14 @@ class EnvWorkerFrontend(WorkerFrontend):
         path: Path,
         options: ExportOptions,
     ) -> ExportResult:
-        """Export in the worker to ``path``, then tidy the file in the core (``finish_model``): inputs named
-        and shaped after ``specs``, outputs named ``output`` / ``output_N``, weights as initializers named
-        after the model's parameters (the worker's ``param_names``).
+        """Export in the worker to ``path``, then conform the file in the core (``convkit.graph.conform``):
+        inputs named and shaped after ``specs``, outputs named ``output`` / ``output_N``, weights as
+        initializers named after the model's parameters (the worker's ``param_names``).
 
         Raises:
             ExportError: the exporter failed, or the model fixed a dimension meant to be dynamic.
         """
-        from convkit.graph.conform import finish_model
+        from convkit.graph.conform import conform_file
 
         if options.exporter not in (None, self.exporter):
             raise ExportError(
@@ -272,14 +272,14 @@ class EnvWorkerFrontend(WorkerFrontend):
         with self._scratch() as folder:
             workdir = Path(folder)
             result, reference = self._export_in_worker(model, specs, example, options.opset, workdir, verbose)
-            opset, notes = finish_model(
+            opset, notes = conform_file(
                 workdir / "exported.onnx",
                 Path(path),
                 specs,
-                result.get("param_names") or {},
-                self.exporter,
-                options.opset,
-                result.get("exporter_version"),
+                exporter=self.exporter,
+                initializer_names=result.get("param_names") or {},
+                requested_opset=options.opset,
+                exporter_version=result.get("exporter_version"),
             )
         remember(model, digest(example), reference)
         return ExportResult(self.exporter, opset, notes)

@@ -20,12 +20,9 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
-import io
-import logging
 import os
 import re
 import sys
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +39,9 @@ from convkit.errors import (
     ModelLoadError,
     UnsupportedModelError,
 )
+from convkit.frontends._quiet import Quiet
 from convkit.frontends.base import ExportOptions, ExportResult, LoadOptions
+from convkit.graph.conform import conform, save
 from convkit.graph.names import all_names, output_names, rename_values, unused_name
 
 if TYPE_CHECKING:
@@ -56,55 +55,8 @@ DEFAULT_OPSET = 17
 MIN_OPSET = 13
 EXPORTER = "jax2onnx"
 # NOTE: why not 2 GiB exactly: protobuf's limit covers the whole serialized model, graph and metadata too.
-_EXTERNAL_DATA_THRESHOLD = int(1.8 * 2**30)
-_NOISY_LOGGERS = ("jax", "jaxlib", "jax2onnx", "onnx_ir", "flax", "absl", "orbax")
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MISSING_PRIMITIVE = re.compile(r"No plugins registered for primitive '([^']+)'")
 _equinox_plugins_left_out = False  # see _register_plugins
-
-
-class _Quiet:
-    """Silence JAX, Flax and jax2onnx while a block runs, keeping what they printed (for error hints).
-
-    NOTE: why Python-level only (unlike TensorFlow's front end, which redirects file descriptors): JAX and
-    jax2onnx report through ``logging`` and ``warnings`` (jax2onnx logs every plugin it imports, onnx_ir a
-    warning per untyped value), and XLA's C++ logging obeys ``TF_CPP_MIN_LOG_LEVEL``, set at first import.
-    With ``verbose`` nothing is touched.
-    """
-
-    def __init__(self, verbose: bool = False) -> None:
-        self.verbose = verbose
-        self._text = io.StringIO()
-        self._stack: contextlib.ExitStack | None = None
-
-    def __enter__(self) -> _Quiet:
-        if self.verbose:
-            return self
-        stack = contextlib.ExitStack()
-        stack.enter_context(contextlib.redirect_stdout(self._text))
-        stack.enter_context(contextlib.redirect_stderr(self._text))
-        stack.enter_context(warnings.catch_warnings())
-        warnings.simplefilter("ignore")
-        for name in _NOISY_LOGGERS:
-            if name == "jax" and "jax" not in sys.modules:
-                # NOTE: why: JAX reads its logger's level at import as the default of its jax_logging_level
-                # flag, which takes level names only; nothing it logs at import needs silencing.
-                continue
-            logger = logging.getLogger(name)
-            stack.callback(logger.setLevel, logger.level)
-            logger.setLevel(logging.CRITICAL + 1)
-        self._stack = stack
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._stack is not None:
-            self._stack.close()
-            self._stack = None
-
-    def tail(self, lines: int = 3) -> str:
-        """The last non-empty lines printed inside the block, joined for an error hint."""
-        kept = [line.strip() for line in self._text.getvalue().splitlines() if line.strip()]
-        return " | ".join(kept[-lines:])
 
 
 def _first_line(exc: BaseException) -> str:
@@ -118,10 +70,10 @@ def _import_jax(verbose: bool = False) -> tuple[Any, Any]:
         # NOTE: why setdefault: a user who set TF_CPP_MIN_LOG_LEVEL wants that level; otherwise XLA's C++
         # INFO/WARNING lines are noise in a tool whose output is a parity table.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with _Quiet(verbose):
+    with Quiet(verbose):
         import jax
         from flax import nnx
-    with _Quiet(verbose):  # a second block: the jax logger is silenced only once jax is imported
+    with Quiet(verbose):  # a second block: the jax logger is silenced only once jax is imported
         # NOTE: why start the backend here: its first use logs a warning on a GPU machine whose jaxlib is
         # the CPU build ("Falling back to cpu"); a factory making arrays would otherwise print it.
         jax.devices()
@@ -135,7 +87,7 @@ def _import_jax2onnx(verbose: bool = False) -> Any:
         FrameworkUnavailableError: jax2onnx does not import (a broken or incompatible install).
     """
     try:
-        with _Quiet(verbose):
+        with Quiet(verbose):
             import jax2onnx
 
             _register_plugins()
@@ -271,7 +223,7 @@ class JaxFrontend:
         jax, _ = _import_jax()
         arrays = _ordered(model, inputs)
         try:
-            with _Quiet():
+            with Quiet():
                 outputs = model(*[jax.numpy.asarray(value) for value in arrays.values()])
                 leaves = jax.tree_util.tree_leaves(outputs)
                 return [np.asarray(leaf) for leaf in leaves]
@@ -322,7 +274,7 @@ class JaxFrontend:
             for s, struct in zip(specs, structs, strict=True)
         ]
         names = [spec.name for spec in specs]
-        capture = _Quiet(options.verbose)
+        capture = Quiet(options.verbose)
         try:
             with capture:
                 outputs = _output_names(jax.eval_shape(model, *concrete), names)
@@ -333,8 +285,19 @@ class JaxFrontend:
             raise
         except Exception as exc:
             raise _export_error(exc, capture) from exc
-        notes = _normalize(proto, specs, outputs, {safe: name for name, safe in symbols.items()})
-        _save(proto, path)
+        notes = _cast_inputs(proto, specs)
+        # NOTE: why drop value_info: jax2onnx annotates intermediate values with shapes that can be wrong
+        # (NHWC dims on a transposed NCHW value), which onnxruntime reports on stderr when it loads the
+        # model; the annotations are optional, and onnxruntime infers the shapes itself.
+        del proto.graph.value_info[:]
+        notes += conform(
+            proto,
+            specs,
+            exporter="jax2onnx",
+            output_names=outputs,
+            dim_names={safe: name for name, safe in symbols.items()},
+        )
+        save(proto, path)
         return ExportResult(f"{EXPORTER} {self.versions().get('jax2onnx', '')}".strip(), opset, notes)
 
     # ------------------------------------------------------------------ reference CNN (convkit matrix, train)
@@ -398,7 +361,7 @@ class JaxFrontend:
         # NOTE: why compile now: the first call compiles (seconds); that belongs to setup, not to the first
         # timed call. A model XLA cannot compile is left out rather than failing the benchmark.
         try:
-            with _Quiet():
+            with Quiet():
                 run_jit()
         except Exception:
             return runners
@@ -561,7 +524,7 @@ def _key_text(key: Any) -> str:
     return str(key)
 
 
-def _export_error(exc: Exception, capture: _Quiet) -> ConvkitError:
+def _export_error(exc: Exception, capture: Quiet) -> ConvkitError:
     """The user-facing error for a failed trace or conversion."""
     import jax
 
@@ -585,29 +548,18 @@ def _export_error(exc: Exception, capture: _Quiet) -> ConvkitError:
     )
 
 
-def _normalize(
-    proto: onnx.ModelProto, specs: Sequence[InputSpec], outputs: Sequence[str], symbols: Mapping[str, str]
-) -> list[str]:
-    """Give the graph the specs' input names, types and dims and the chosen output names; returns notes.
-
-    ``symbols`` maps the names JAX traced symbolic dimensions under back to the users' names.
-    """
+def _cast_inputs(proto: onnx.ModelProto, specs: Sequence[InputSpec]) -> list[str]:
+    """Inputs JAX traced in another dtype than the spec's (int64 as int32 with jax_enable_x64 off) take the
+    spec's dtype and a Cast to the traced one; returns notes."""
     import onnx
 
     graph = proto.graph
     notes: list[str] = []
-    # NOTE: why drop value_info: jax2onnx annotates intermediate values with shapes that can be wrong (NHWC
-    # dims on a transposed NCHW value), which onnxruntime reports on stderr when it loads the model; the
-    # annotations are optional, and onnxruntime infers the shapes itself.
-    del graph.value_info[:]
     by_name = {value.name: value for value in graph.input}
     for spec in specs:
         value = by_name.get(spec.name)
         if value is None:
-            # NOTE: why: an input the model never reads must still be accepted, or the data sets and
-            # `convkit verify` would not fit the model.
-            value = graph.input.add()
-            value.name = spec.name
+            continue
         wanted = int(onnx.helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype)))
         traced = value.type.tensor_type.elem_type
         if traced and traced != wanted:
@@ -621,64 +573,4 @@ def _normalize(
                 "off); the ONNX model casts it the same way"
             )
         value.type.tensor_type.elem_type = wanted
-        shape = value.type.tensor_type.shape
-        shape.ClearField("dim")
-        for d in spec.dims:
-            dim = shape.dim.add()
-            if isinstance(d, int):
-                dim.dim_value = d
-            else:
-                dim.dim_param = d
-    _name_outputs(graph, outputs, {spec.name for spec in specs}, symbols)
     return notes
-
-
-def _name_outputs(
-    graph: onnx.GraphProto, outputs: Sequence[str], input_names: set[str], symbols: Mapping[str, str]
-) -> None:
-    """Rename the graph outputs to ``outputs``; symbolic output dims get the users' names back.
-
-    NOTE: why here and not jax2onnx's ``output_names``: jax2onnx refuses to name an output that is also an
-    input (an identity), and naming a value twice; an Identity node serves both here.
-    """
-    import onnx
-
-    if len(graph.output) != len(outputs):
-        raise ExportError(
-            f"jax2onnx wrote {len(graph.output)} outputs where the model returns {len(outputs)}",
-            "return arrays, or tuples, lists or dicts of them",
-        )
-    renamed: set[str] = set()
-    for value, name in zip(graph.output, outputs, strict=True):
-        old = value.name
-        if old != name:
-            names = all_names(graph)
-            if name in names:
-                rename_values(graph, {name: unused_name(names, name)})  # an internal value had the name
-            if old in input_names or old in renamed:
-                graph.node.append(onnx.helper.make_node("Identity", [old], [name], name=f"{name}_identity"))
-            else:
-                rename_values(graph, {old: name})
-        value.name = name
-        renamed.add(name)
-        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
-            if dim.HasField("dim_param"):
-                dim.dim_param = _IDENTIFIER.sub(lambda m: symbols.get(m.group(0), m.group(0)), dim.dim_param)
-            elif not dim.HasField("dim_value"):
-                dim.dim_param = f"{re.sub(r'[^A-Za-z0-9_]', '_', name)}_dim{axis}"
-
-
-def _save(proto: onnx.ModelProto, path: Path) -> None:
-    """Write the model; past protobuf's size limit the weights go to ``<name>.data`` beside it."""
-    import onnx
-
-    if proto.ByteSize() < _EXTERNAL_DATA_THRESHOLD:
-        path.write_bytes(proto.SerializeToString())
-        return
-    onnx.save_model(
-        proto,
-        str(path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=f"{path.name}.data",
-    )

@@ -161,7 +161,7 @@ class KerasBackendFrontend(WorkerFrontend):
         """
         import onnx
 
-        from convkit.graph.conform import finish_model
+        from convkit.graph.conform import conform_file
 
         exporter = "jax2onnx" if self.backend == "jax" else "torch.onnx"
         if options.exporter not in (None, exporter, "keras"):
@@ -180,14 +180,13 @@ class KerasBackendFrontend(WorkerFrontend):
             fixed = fix_high_rank_maxpool(raw)
             _rename_inputs(raw, result.get("input_names") or [], specs)
             onnx.save(raw, str(workdir / "fixed.onnx"))
-            opset, notes = finish_model(
+            opset, notes = conform_file(
                 workdir / "fixed.onnx",
                 Path(path),
                 specs,
-                {},
-                name,
-                options.opset,
-                result.get("exporter_version"),
+                exporter=name,
+                requested_opset=options.opset,
+                exporter_version=result.get("exporter_version"),
             )
         try:
             onnx.checker.check_model(str(path))

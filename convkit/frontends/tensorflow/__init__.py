@@ -13,13 +13,9 @@ and the call and the output order are the same code that ``run`` uses for the re
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
 import os
 import re
 import sys
-import tempfile
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +33,11 @@ from convkit.errors import (
     UnsafeModelError,
     UnsupportedModelError,
 )
+from convkit.frontends._quiet import Quiet
 from convkit.frontends.base import ExportOptions, ExportResult, LayerOutput, LoadOptions
-from convkit.graph.names import all_names, rename_values, subgraphs, unused_name
+from convkit.graph import conform as conform_module
+from convkit.graph.conform import conform, save
+from convkit.graph.names import subgraphs
 
 if TYPE_CHECKING:
     import onnx
@@ -51,81 +50,8 @@ DEFAULT_OPSET = 17
 MIN_OPSET = 7
 EXPORTER = "tf2onnx"
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
-# NOTE: why 1 GiB and not protobuf's 2 GiB: tf2onnx serialises the frozen TensorFlow graph (weights inside)
-# and then the ONNX model, and both carry the graph besides the weights; past this size the weights go to
-# an external-data file beside the model instead.
-LARGE_MODEL_BYTES = 1 << 30
 _AUTO_INPUT_NAME = re.compile(r"^(keras_tensor|input_layer)(_\d+)?$")
 _PLACEHOLDER = "convkit_input_{}"
-_NOISY_LOGGERS = ("tensorflow", "tf2onnx", "absl", "keras", "h5py")
-
-
-class _Capture:
-    """Silence TensorFlow, Keras and tf2onnx while a block runs, keeping what they printed.
-
-    NOTE: why at the file-descriptor level: TensorFlow's C++ runtime writes to fd 2 directly (oneDNN and CPU
-    feature banners at import, absl warnings), which neither ``sys.stderr`` nor ``logging`` can intercept;
-    Python-level writes and log records are captured too. With ``verbose`` nothing is touched.
-    """
-
-    def __init__(self, verbose: bool = False) -> None:
-        self.verbose = verbose
-        self.text = ""
-        self._stack: contextlib.ExitStack | None = None
-
-    def __enter__(self) -> _Capture:
-        if self.verbose:
-            return self
-        stack = contextlib.ExitStack()
-        try:
-            buffer = stack.enter_context(tempfile.TemporaryFile(mode="w+b"))
-            python_text = io.StringIO()
-
-            def collect() -> None:
-                buffer.seek(0)
-                self.text = buffer.read().decode("utf-8", "replace") + python_text.getvalue()
-
-            # NOTE: why registered first: exit callbacks run last-in first-out, so this reads the buffer after
-            # the descriptors and streams are restored and before the buffer closes.
-            stack.callback(collect)
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(Exception):
-                    stream.flush()
-            for fd in (1, 2):
-                try:
-                    saved = os.dup(fd)
-                except OSError:
-                    continue
-                os.dup2(buffer.fileno(), fd)
-                stack.callback(os.close, saved)
-                stack.callback(os.dup2, saved, fd)
-            stack.enter_context(contextlib.redirect_stdout(python_text))
-            stack.enter_context(contextlib.redirect_stderr(python_text))
-            stack.enter_context(warnings.catch_warnings())
-            warnings.simplefilter("ignore")
-            for name in _NOISY_LOGGERS:
-                logger = logging.getLogger(name)
-                stack.callback(logger.setLevel, logger.level)
-                logger.setLevel(logging.CRITICAL + 1)
-        except BaseException:
-            stack.close()
-            raise
-        self._stack = stack
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._stack is not None:
-            self._stack.__exit__(None, None, None)
-            self._stack = None
-
-    def tail(self, lines: int = 3) -> str:
-        """The last meaningful lines captured (TensorFlow's banners left out), joined for an error hint."""
-        kept = [
-            line.strip()
-            for line in self.text.splitlines()
-            if line.strip() and "absl::InitializeLog" not in line and "oneDNN custom operations" not in line
-        ]
-        return " | ".join(kept[-lines:])
 
 
 def _first_line(exc: BaseException) -> str:
@@ -139,7 +65,7 @@ def _import_tf(verbose: bool = False) -> tuple[Any, Any]:
         # NOTE: why setdefault: a user who set TF_CPP_MIN_LOG_LEVEL wants that level; otherwise the C++
         # runtime's INFO/WARNING lines are noise in a tool whose output is a parity table.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with _Capture(verbose):
+    with Quiet(verbose):
         import keras
         import tensorflow as tf
     return tf, keras
@@ -172,7 +98,7 @@ class TensorFlowFrontend:
         """``None`` when TensorFlow, Keras (on its TensorFlow backend) and tf2onnx import, else why not."""
         try:
             _, keras = _import_tf()
-            with _Capture():
+            with Quiet():
                 import tf2onnx  # noqa: F401
         except Exception as exc:  # an ImportError, or a broken install raising anything at import
             return f"{type(exc).__name__}: {_first_line(exc)}"
@@ -184,7 +110,7 @@ class TensorFlowFrontend:
     def versions(self) -> dict[str, str]:
         """Versions of ``tensorflow``, ``keras`` and ``tf2onnx``."""
         tf, keras = _import_tf()
-        with _Capture():
+        with Quiet():
             import tf2onnx
         return {"tensorflow": tf.__version__, "keras": keras.__version__, "tf2onnx": tf2onnx.__version__}
 
@@ -267,7 +193,7 @@ class TensorFlowFrontend:
                 "re-save it with model.save('model.keras')",
             )
         try:
-            with _Capture(options.verbose):
+            with Quiet(options.verbose):
                 # NOTE: why safe_mode: a Lambda layer stores marshalled Python bytecode that Keras runs on
                 # load; like unpickling, that is off unless the user says they trust the file.
                 return keras.saving.load_model(path, compile=False, safe_mode=not options.unsafe_pickle)
@@ -292,7 +218,7 @@ class TensorFlowFrontend:
     def _load_saved_model(self, path: Path, verbose: bool) -> SavedModelSignature:
         tf, _ = _import_tf()
         try:
-            with _Capture(verbose):
+            with Quiet(verbose):
                 # NOTE: why tf.saved_model.load and not Keras: a SavedModel (Keras 3's model.export, or any
                 # TensorFlow program) is a graph plus variables; no Python code is unpickled.
                 loaded = tf.saved_model.load(str(path))
@@ -334,7 +260,7 @@ class TensorFlowFrontend:
                 "build it in the factory (model.build(shape) or call it once) before loading weights",
             )
         try:
-            with _Capture(verbose):
+            with Quiet(verbose):
                 model.load_weights(str(path))
         except Exception as exc:
             raise ModelLoadError(
@@ -383,7 +309,7 @@ class TensorFlowFrontend:
         tf, _ = _import_tf()
         tensors = {name: tf.convert_to_tensor(np.asarray(value)) for name, value in inputs.items()}
         try:
-            with _Capture():
+            with Quiet():
                 outputs = _call(model, tensors)
         except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:
             shapes = ", ".join(f"{name} {list(np.shape(value))}" for name, value in inputs.items())
@@ -412,7 +338,7 @@ class TensorFlowFrontend:
         """
         tf, _ = _import_tf(options.verbose)
         opset = _check_options(options)
-        with _Capture(options.verbose):
+        with Quiet(options.verbose):
             import tf2onnx
         notes: list[str] = []
         if not isinstance(model, SavedModelSignature) and not getattr(model, "built", True):
@@ -436,8 +362,8 @@ class TensorFlowFrontend:
             traced_keys[:] = [key for key, _ in flat]
             return tuple(value for _, value in flat)
 
-        large = _weight_bytes(model) > LARGE_MODEL_BYTES
-        capture = _Capture(options.verbose)
+        large = _weight_bytes(model) > conform_module.EXTERNAL_DATA_THRESHOLD
+        capture = Quiet(options.verbose)
         try:
             with capture, _numpy_product_shim():
                 proto, storage = tf2onnx.convert.from_function(
@@ -456,13 +382,22 @@ class TensorFlowFrontend:
         _check_converted(proto, opset, capture)
         outputs = _output_names(model, traced_keys, names)
         label = model.path.name if isinstance(model, SavedModelSignature) else getattr(model, "name", "model")
-        _name_graph(proto, specs, outputs, str(label))
-        if large:
-            data_name = _save_external(proto, storage, path)
-            if data_name:
-                notes.append(f"a large model: its weights are in {data_name}, which must stay beside it")
-        else:
-            path.write_bytes(proto.SerializeToString())
+        proto.graph.name = str(label)
+        notes.extend(
+            conform(
+                proto,
+                specs,
+                exporter="tf2onnx",
+                input_names={_PLACEHOLDER.format(k): spec.name for k, spec in enumerate(specs)},
+                output_names=outputs,
+                batch_leads_outputs=True,
+            )
+        )
+        # NOTE: why tf2onnx's storage: on its large-model path it keeps the tensors' bytes aside
+        side_data = dict(storage.name_to_tensor_data) if large and storage is not None else None
+        data_name = save(proto, path, side_data)
+        if data_name:
+            notes.append(f"a large model: its weights are in {data_name}, which must stay beside it")
         return ExportResult(exporter=f"{EXPORTER} {tf2onnx.__version__}", opset=opset, notes=notes)
 
     # ------------------------------------------------------------------ reference CNN (convkit matrix, train)
@@ -527,7 +462,7 @@ class TensorFlowFrontend:
         # NOTE: why trace now: the first call traces the model (seconds); that belongs to setup, not to the
         # first timed call. A model that cannot be traced is left out rather than failing the benchmark.
         try:
-            with _Capture():
+            with Quiet():
                 compiled()
         except Exception:
             return runners
@@ -695,7 +630,7 @@ def _weight_bytes(model: Any) -> int:
 
 def _check_options(options: ExportOptions) -> int:
     """The opset to write; raises for an opset or exporter this front end cannot honour."""
-    with _Capture(options.verbose):
+    with Quiet(options.verbose):
         import tf2onnx
         import tf2onnx.constants
 
@@ -733,7 +668,7 @@ def _numpy_product_shim() -> Iterator[None]:
             del np.product  # type: ignore[attr-defined]
 
 
-def _check_converted(proto: onnx.ModelProto, opset: int, capture: _Capture) -> None:
+def _check_converted(proto: onnx.ModelProto, opset: int, capture: Quiet) -> None:
     """Raise when tf2onnx left TensorFlow ops in the graph.
 
     NOTE: why: tf2onnx converts with ``continue_on_error`` and only logs ops it cannot map; the model it
@@ -754,108 +689,3 @@ def _check_converted(proto: onnx.ModelProto, opset: int, capture: _Capture) -> N
             f"tf2onnx could not convert these TensorFlow ops to ONNX opset {opset}: {listing}",
             capture.tail(2) or "try a newer --opset, or replace the layers that use them",
         )
-
-
-def _free(graph: onnx.GraphProto, name: str, keep: str) -> None:
-    """Make ``name`` available: an internal tensor of that name (other than ``keep``) is renamed away."""
-    names = all_names(graph)
-    if name == keep or name not in names:
-        return
-    rename_values(graph, {name: unused_name(names, name)})
-
-
-def _name_graph(
-    proto: onnx.ModelProto, specs: Sequence[InputSpec], outputs: Sequence[str], model_name: str
-) -> None:
-    """Give the graph the spec's input names and dims and the chosen output names and dims.
-
-    NOTE: why: tf2onnx names inputs after the TensorFlow placeholders, outputs ``Identity:0`` and every
-    unknown dimension ``unk__<n>``; users and ``convkit verify`` need ``x``, ``probs`` and ``batch``.
-    """
-    import onnx
-
-    graph = proto.graph
-    graph.name = model_name
-    by_placeholder = {i.name.split(":")[0]: i for i in graph.input}
-    for k, spec in enumerate(specs):
-        placeholder = _PLACEHOLDER.format(k)
-        value = by_placeholder.get(placeholder)
-        if value is None:
-            # NOTE: why: tf2onnx drops inputs the model never reads; the model must still accept them,
-            # or the data sets and `convkit verify` would not fit it.
-            value = graph.input.add()
-            value.CopyFrom(onnx.helper.make_tensor_value_info(spec.name, _onnx_dtype(spec.dtype), None))
-        else:
-            _free(graph, spec.name, value.name)
-            rename_values(graph, {value.name: spec.name})
-        shape = value.type.tensor_type.shape
-        shape.ClearField("dim")
-        for d in spec.dims:
-            dim = shape.dim.add()
-            if isinstance(d, int):
-                dim.dim_value = d
-            else:
-                dim.dim_param = d
-    leading = {spec.dims[0] for spec in specs if spec.dims}
-    batch = next(iter(leading)) if len(leading) == 1 and isinstance(next(iter(leading)), str) else None
-    input_names = {spec.name for spec in specs}
-    renamed: set[str] = set()
-    for value, name in zip(graph.output, outputs, strict=True):
-        old = value.name
-        if old in input_names or old in renamed:
-            # NOTE: why an Identity: an output that is also an input, or a tensor returned twice, cannot
-            # simply take a second name.
-            _free(graph, name, "")
-            graph.node.append(onnx.helper.make_node("Identity", [old], [name], name=f"{name}_identity"))
-        else:
-            _free(graph, name, old)
-            rename_values(graph, {old: name})
-            renamed.add(name)
-        value.name = name
-        stem = re.sub(r"\W", "_", name)
-        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
-            if dim.HasField("dim_param") or not dim.HasField("dim_value"):
-                # NOTE: why the first axis is the batch: Keras models keep the batch axis first in and out
-                dim.dim_param = batch if axis == 0 and batch else f"{stem}_dim{axis}"
-
-
-def _onnx_dtype(dtype: str) -> int:
-    import onnx
-
-    return int(onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
-
-
-def _save_external(proto: onnx.ModelProto, storage: Any, path: Path) -> str | None:
-    """Write a large model: the graph to ``path``, every tensor tf2onnx kept aside to one data file beside
-    it (``<name>.data``); returns the data file's name, ``None`` when no tensor was large enough.
-
-    NOTE: why not tf2onnx's own writer: it writes a zip archive, which onnxruntime cannot open.
-    """
-    import onnx
-
-    data_name = f"{path.name}.data"
-    stored = dict(storage.name_to_tensor_data) if storage is not None else {}
-    external: list[Any] = []
-    for graph in subgraphs(proto.graph):
-        tensors = list(graph.initializer)
-        for node in graph.node:
-            tensors.extend(attr.t for attr in node.attribute if attr.HasField("t"))
-        external.extend(t for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL)
-    if external:
-        offset = 0
-        with open(path.parent / data_name, "wb") as out:
-            for tensor in external:
-                location = {entry.key: entry.value for entry in tensor.external_data}.get("location", "")
-                data = stored[location]
-                # NOTE: why 4 KiB alignment: onnxruntime memory-maps external data in page-sized pieces
-                padding = -offset % 4096
-                out.write(b"\0" * padding)
-                offset += padding
-                out.write(data)
-                del tensor.external_data[:]
-                for key, value in (("location", data_name), ("offset", offset), ("length", len(data))):
-                    entry = tensor.external_data.add()
-                    entry.key, entry.value = key, str(value)
-                offset += len(data)
-    path.write_bytes(proto.SerializeToString())
-    return data_name if external else None

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from convkit.core.inputs import InputSpec
+from convkit.frontends._quiet import Quiet
 from convkit.frontends.base import ExportOptions, LayerOutput
 from convkit.frontends.tensorflow import (
     SavedModelSignature,
     _call,
-    _Capture,
     _flatten,
     _import_tf,
     _keras_inputs,
@@ -223,7 +223,7 @@ def layer_outputs(
         structure = model.inputs
     probe = keras.Model(structure, [tensor for _, tensor in probed])
     tensors = {name: tf.convert_to_tensor(np.asarray(value)) for name, value in inputs.items()}
-    with _Capture():
+    with Quiet():
         activations = [np.asarray(value) for _, value in _flatten(_call(probe, tensors))]
     candidates = _scope_candidates(onnx_model.graph, str(model.name), [layer.name for layer, _ in probed])
     wanted = [

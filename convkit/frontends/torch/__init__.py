@@ -8,12 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import io
-import logging
-import os
 import re
-import sys
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,6 +25,7 @@ from convkit.errors import (
     ModelLoadError,
     UnsafeModelError,
 )
+from convkit.frontends._quiet import Quiet
 from convkit.frontends.base import ExportOptions, ExportResult, LayerOutput, LoadOptions
 from convkit.graph.names import output_names
 
@@ -46,8 +42,6 @@ _EXPORTER_ALIASES = {
 }
 # keys under which training scripts commonly nest the state dict in a checkpoint
 _CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "weights")
-# NOTE: why not 2 GiB exactly: protobuf's limit covers the whole serialized model, graph and metadata too.
-_EXTERNAL_DATA_THRESHOLD = int(1.8 * 2**30)
 _INPUT_DTYPES = {"float32", "float64", "float16", "int8", "int16", "int32", "int64", "uint8", "bool"}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -179,7 +173,7 @@ class TorchFrontend:
             # NOTE: why compile here: the first call compiles (seconds to minutes); a model torch.compile
             # cannot handle is left out instead of failing the whole benchmark.
             try:
-                with _quiet(False):
+                with Quiet(False):
                     run_compiled()
                 runners["torch.compile"] = run_compiled
             except Exception:
@@ -251,7 +245,7 @@ class TorchFrontend:
         names = [spec.name for spec in specs]
         _check_spec_names(self.input_names(model), names)
         tensors = {spec.name: _to_tensor(example[spec.name]) for spec in specs}
-        with _quiet(options.verbose):
+        with Quiet(options.verbose):
             output_names = _output_names(model, tensors, names)
         is_script = isinstance(model, torch.jit.ScriptModule)
         is_program = isinstance(model, torch.export.ExportedProgram)
@@ -324,7 +318,7 @@ def _load_model_file(path: Path, unsafe_pickle: bool) -> Any:
         )
     if path.suffix.lower() == ".pt2":
         try:
-            with _quiet(False):
+            with Quiet(False):
                 return torch.export.load(str(path))
         except Exception as exc:
             raise ModelLoadError(
@@ -362,7 +356,7 @@ def _torch_load(path: Path, unsafe_pickle: bool, what: str) -> Any:
         raise InputFileError(f"{what} file {path} does not exist", "check the path")
     corrupt = f"cannot read {path}: it is corrupt or truncated"
     try:
-        with _quiet(False):
+        with Quiet(False):
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not _needs_full_unpickler(path, exc):
@@ -379,7 +373,7 @@ def _torch_load(path: Path, unsafe_pickle: bool, what: str) -> Any:
         raise ModelLoadError(f"{corrupt} ({_first_line(exc)})") from exc
     # NOTE: why only here: the user said --unsafe-allow-pickle, i.e. they trust this file's code.
     try:
-        with _quiet(False):
+        with Quiet(False):
             return torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as exc:
         raise ModelLoadError(
@@ -728,6 +722,8 @@ def _export_dynamo(
     """Run ``torch.onnx.export(dynamo=True)``; returns notes. Raises ``_ExporterFailed``."""
     import torch
 
+    from convkit.graph.conform import EXTERNAL_DATA_THRESHOLD
+
     try:
         import onnxscript  # noqa: F401
     except ImportError as exc:
@@ -737,7 +733,7 @@ def _export_dynamo(
     args, kwargs = _call_arguments(model, tensors)
     is_program = isinstance(model, torch.export.ExportedProgram)
     ordered = _input_order(model, [spec.name for spec in specs])
-    with _quiet(options.verbose) as caught:
+    with Quiet(options.verbose) as quiet:
         try:
             program = torch.onnx.export(
                 model,
@@ -757,11 +753,11 @@ def _export_dynamo(
         if program is None:
             raise _ExporterFailed("export", "torch.onnx.export returned no ONNX program")
         try:
-            external = _initializer_bytes(program) > _EXTERNAL_DATA_THRESHOLD
+            external = _initializer_bytes(program) > EXTERNAL_DATA_THRESHOLD
             program.save(str(path), external_data=external)
         except Exception as exc:
             raise _ExporterFailed("saving the ONNX file", _first_line(exc)) from exc
-    notes = _warning_notes(caught)
+    notes = _warning_notes(quiet.warnings)
     if external:
         notes.append(f"weights exceed 2 GB: written as external data beside {path.name}")
     return notes
@@ -816,7 +812,7 @@ def _export_torchscript(
         spec.name: {axis: dim for axis, dim in enumerate(spec.dims) if isinstance(dim, str)} for spec in specs
     }
     dynamic_axes = {name: axes for name, axes in dynamic_axes.items() if axes}
-    with _quiet(options.verbose) as caught:
+    with Quiet(options.verbose) as quiet:
         try:
             torch.onnx.export(
                 model,
@@ -833,7 +829,7 @@ def _export_torchscript(
                 f"the TorchScript exporter failed: {type(exc).__name__}: {_first_line(exc)}",
                 "--verbose shows the exporter's own output",
             ) from exc
-    return _warning_notes(caught)
+    return _warning_notes(quiet.warnings)
 
 
 def _warning_notes(caught: list[warnings.WarningMessage]) -> list[str]:
@@ -865,104 +861,28 @@ def _initializer_bytes(program: Any) -> int:
 
 
 def _finish_file(path: Path, specs: Sequence[InputSpec], exporter: str, from_program: bool) -> int:
-    """Check the written file's input dims against ``specs`` and name its symbolic dims after them;
-    returns the file's opset.
+    """Conform the written file to ``specs`` (``convkit.graph.conform``); returns the file's opset.
 
-    NOTE: why the check: torch.onnx "refines" dynamic shapes from torch.export's suggested fixes, so a model
-    that fixes the batch (``x.view(2, 4)``) exports without complaint and would fail only at another batch
-    size. NOTE: why the renaming: an ExportedProgram brings its own dim names (s0, s77 ...).
+    NOTE: why read without external data: the proto keeps its references to the data file torch wrote
+    beside it, and nothing here reads a weight.
     """
     import onnx
 
+    from convkit.graph.conform import FixedDimMessage, conform, save
     from convkit.graph.model import default_domain_opset
 
     model = onnx.load(str(path), load_external_data=False)
-    by_name = {value.name: value for value in model.graph.input}
-    renames: dict[str, str] = {}
-    for spec in specs:
-        value = by_name.get(spec.name)
-        if value is None:
-            continue
-        dims = value.type.tensor_type.shape.dim
-        for axis, want in enumerate(spec.dims[: len(dims)]):
-            if not isinstance(want, str):
-                continue
-            if dims[axis].HasField("dim_value"):
-                fixed = ",".join(
-                    str(dims[axis].dim_value) if k == axis else str(d) for k, d in enumerate(spec.dims)
-                )
-                why = (
-                    "the .pt2 was exported with that size fixed"
-                    if from_program
-                    else "the model does not work for other sizes as written"
-                )
-                raise ExportError(
-                    f"{exporter} fixed dimension {axis} ({want}) of input {spec.name!r} to "
-                    f"{dims[axis].dim_value}: {why}",
-                    f"give that size in --input (e.g. {spec.name}:{fixed}) or use --static; or "
-                    + (
-                        "re-export the .pt2 with dynamic_shapes"
-                        if from_program
-                        else "make the model size-generic"
-                    ),
-                )
-            if dims[axis].dim_param and dims[axis].dim_param != want:
-                renames.setdefault(dims[axis].dim_param, want)
-    if renames:
-        for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
-            for dim in value.type.tensor_type.shape.dim:
-                if dim.dim_param in renames:
-                    dim.dim_param = renames[dim.dim_param]
-        # NOTE: why this is safe with external data: the proto was read without it and keeps its references
-        onnx.save(model, str(path))
+    if from_program:
+        fixed = FixedDimMessage(
+            "the .pt2 was exported with that size fixed", "re-export the .pt2 with dynamic_shapes"
+        )
+    else:
+        fixed = FixedDimMessage(
+            "the model does not work for other sizes as written", "make the model size-generic"
+        )
+    conform(model, specs, exporter=exporter, fixed_dim=fixed)
+    save(model, path)
     return default_domain_opset(model)
-
-
-# ================================================================================================ quiet
-@contextlib.contextmanager
-def _quiet(verbose: bool) -> Iterator[list[warnings.WarningMessage]]:
-    """Silence the exporters' progress lines, logging and warnings unless ``verbose``; yields the warnings.
-
-    NOTE: why file descriptors too: parts of torch write from C++ or through logging handlers bound to the
-    original streams, which ``redirect_stdout`` alone does not reach.
-    """
-    if verbose:
-        # NOTE: why still record: the caller turns tracer warnings into notes. They are shown once the
-        # recording context is left (showing them inside it would record them again, endlessly).
-        recorded: list[warnings.WarningMessage] = []
-        try:
-            with warnings.catch_warnings(record=True) as recorded:
-                warnings.simplefilter("always")
-                yield recorded
-        finally:
-            for item in recorded:
-                warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
-        return
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        previous_disable = logging.root.manager.disable
-        logging.disable(logging.CRITICAL)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        with tempfile.TemporaryFile() as sink:
-            saved: list[int] = []
-            try:
-                for fd in (1, 2):
-                    saved.append(os.dup(fd))
-                    os.dup2(sink.fileno(), fd)
-            except OSError:
-                pass
-            try:
-                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                    yield caught
-            finally:
-                with contextlib.suppress(Exception):
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                for fd, copy in zip((1, 2), saved, strict=False):
-                    os.dup2(copy, fd)
-                    os.close(copy)
-                logging.disable(previous_disable)
 
 
 def _first_line(value: Any) -> str:
