@@ -11,6 +11,12 @@ EXIT_OK = 0
 EXIT_PARITY_FAILED = 1
 EXIT_USAGE = 2
 
+STAGES = ("input", "load", "capture", "conform", "runtime", "parity")
+"""Where a run can fail, in flow order: the user's arguments and data (``input``), reading the model or
+source (``load``), the framework's exporter (``capture``), convkit's pass over its output (``conform``),
+onnxruntime (``runtime``), the comparison (``parity``). NOTE: why: as torch.onnx's export status, the stage
+says whose move it is next (fix the arguments, the model, the exporter, the runtime)."""
+
 
 class ConvkitError(Exception):
     """A problem with the user's input or environment; printed without a traceback, exit code 2.
@@ -21,11 +27,19 @@ class ConvkitError(Exception):
     """
 
     exit_code = EXIT_USAGE
+    stage = "input"
+    """Which of ``STAGES`` failed; a subclass sets its usual one, a raise site may name another."""
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, *, stage: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        if stage is not None:
+            self.stage = stage
+
+    def to_dict(self) -> dict[str, str | None]:
+        """The error as JSON reports carry it."""
+        return {"stage": self.stage, "type": type(self).__name__, "message": self.message, "hint": self.hint}
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
@@ -38,10 +52,14 @@ class InputFileError(ConvkitError):
 class ModelLoadError(ConvkitError):
     """A model file exists but cannot be parsed, is truncated or fails the ONNX checker."""
 
+    stage = "load"
+
 
 class UnsafeModelError(ConvkitError):
     """A model asks for something convkit refuses to do by default (external data outside its folder,
     unpickling arbitrary code)."""
+
+    stage = "load"
 
 
 class DataError(ConvkitError):
@@ -51,9 +69,13 @@ class DataError(ConvkitError):
 class ProviderUnavailableError(ConvkitError):
     """The requested onnxruntime execution provider is not available in this installation."""
 
+    stage = "runtime"
+
 
 class FrameworkUnavailableError(ConvkitError):
     """A framework front end was asked for but its package is not installed."""
+
+    stage = "load"
 
 
 class UnknownFrameworkError(ConvkitError):
@@ -63,9 +85,13 @@ class UnknownFrameworkError(ConvkitError):
 class ExportError(ConvkitError):
     """The framework's exporter could not convert the model."""
 
+    stage = "capture"
+
 
 class UnsupportedModelError(ConvkitError):
     """The model uses something the runtime or exporter does not support (an op, a dtype, an opset)."""
+
+    stage = "capture"
 
 
 class InternalError(Exception):

@@ -77,7 +77,7 @@ def assert_parity(
     if source is None:
         if inputs is not None:
             raise TypeError("inputs need a source to compute the expected outputs")
-        report = api.verify_testcase(model, tolerance, runtimes, localize)
+        report = api.verify_testcase(model, tolerance=tolerance, options=runtimes, localize=localize)
     else:
         report = _verify_against_source(model, source, framework, inputs, tolerance, runtimes, localize)
     if not report.passed:
@@ -96,8 +96,7 @@ def _verify_against_source(
 ) -> ParityReport:
     from convkit import api
     from convkit.core.inputs import check_names, verification_data_sets
-    from convkit.core.sources import framework_of
-    from convkit.frontends import LoadOptions, get_frontend, resolve_source
+    from convkit.frontends import LoadOptions, framework_of, get_frontend, resolve_source
     from convkit.graph.model import load_onnx
 
     model = load_onnx(model_path)
@@ -118,4 +117,6 @@ def _verify_against_source(
     else:
         probe = api.open_session(model)
         data_sets = verification_data_sets(api.specs_from_session(probe.inputs))
-    return api.verify_native(model, frontend, native, data_sets, tolerance, runtimes, localize)
+    return api.verify_native(
+        model, frontend, native, data_sets=data_sets, tolerance=tolerance, options=runtimes, localize=localize
+    )

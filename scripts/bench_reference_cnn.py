@@ -55,10 +55,10 @@ def build_contenders(weights: dict[str, np.ndarray], out: Path, x_train: np.ndar
     summary = api.export_native(
         torch_frontend,
         torch_model,
-        [parse_input_spec("x:batch,1,28,28")],
-        example,
-        out / "fp32.onnx",
-        "bench",
+        specs=[parse_input_spec("x:batch,1,28,28")],
+        example=example,
+        output=out / "fp32.onnx",
+        source="bench",
     )
     assert summary.report.passed, "export lost parity"
     save_npz_atomic(out / "calibration.npz", {"x": x_train[:512]})

@@ -61,7 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     except ConvkitError as exc:
         if debug:
             traceback.print_exc()
-        click.echo(f"error: {exc.message}", err=True)
+        # NOTE: why the stage only past input: "fix your arguments" needs no label; "the exporter failed"
+        # (capture) or "onnxruntime failed" (runtime) tells whose move it is
+        stage = f" [stage: {exc.stage}]" if exc.stage != "input" else ""
+        click.echo(f"error: {exc.message}{stage}", err=True)
         if exc.hint:
             click.echo(f"hint: {exc.hint}", err=True)
         sys.exit(exc.exit_code)

@@ -8,6 +8,7 @@ import sys
 import click
 
 from convkit.cli.options import (
+    error_report,
     finish_report,
     localize_option,
     provider_option,
@@ -101,28 +102,29 @@ def verify(
     """
     from convkit import api
 
-    tol = tolerance(atol, rtol)
-    session = runtime_configs(providers or provider, optimization, threads)
-    if source is None:
-        if inputs or data or framework or weights:
-            raise click.UsageError("--input, --data, --framework and --weights need --source")
-        result = api.verify_testcase(target, tol, session, localize)
-    else:
-        from convkit.core.inputs import parse_input_spec
-        from convkit.frontends import LoadOptions
+    with error_report(report):
+        tol = tolerance(atol, rtol)
+        session = runtime_configs(providers or provider, optimization, threads)
+        if source is None:
+            if inputs or data or framework or weights:
+                raise click.UsageError("--input, --data, --framework and --weights need --source")
+            result = api.verify_testcase(target, tolerance=tol, options=session, localize=localize)
+        else:
+            from convkit.core.inputs import parse_input_spec
+            from convkit.frontends import LoadOptions
 
-        result = api.verify_model(
-            target,
-            source,
-            with_backend(framework),
-            [parse_input_spec(text) for text in inputs],
-            data,
-            LoadOptions(weights=weights, unsafe_pickle=unsafe_allow_pickle),
-            tol,
-            session,
-            seed,
-            localize,
-        )
+            result = api.verify_model(
+                target,
+                source,
+                framework=with_backend(framework),
+                input_specs=[parse_input_spec(text) for text in inputs],
+                data=data,
+                load_options=LoadOptions(weights=weights, unsafe_pickle=unsafe_allow_pickle),
+                tolerance=tol,
+                options=session,
+                seed=seed,
+                localize=localize,
+            )
     if not result.passed and not localize:
         result.notes.append("rerun with --localize to find the first diverging node")
     sys.exit(finish_report(result, report, junit))
@@ -168,20 +170,21 @@ def export(
     from convkit.core.inputs import parse_input_spec
     from convkit.frontends import ExportOptions, LoadOptions
 
-    summary = export_model(
-        source,
-        output,
-        with_backend(framework),
-        [parse_input_spec(text) for text in inputs],
-        data,
-        static,
-        LoadOptions(weights=weights, unsafe_pickle=unsafe_allow_pickle, verbose=verbose),
-        ExportOptions(opset=opset, exporter=exporter, verbose=verbose),
-        not no_test_data,
-        tolerance(atol, rtol),
-        session_options(provider, None),
-        seed,
-    )
+    with error_report(report):
+        summary = export_model(
+            source,
+            output,
+            framework=with_backend(framework),
+            input_specs=[parse_input_spec(text) for text in inputs],
+            data=data,
+            static=static,
+            load_options=LoadOptions(weights=weights, unsafe_pickle=unsafe_allow_pickle, verbose=verbose),
+            export_options=ExportOptions(opset=opset, exporter=exporter, verbose=verbose),
+            test_data=not no_test_data,
+            tolerance=tolerance(atol, rtol),
+            options=session_options(provider, None),
+            seed=seed,
+        )
     specs = "; ".join(spec.describe() for spec in summary.specs)
     click.echo(
         f"exported {summary.framework} model to {summary.model_path} with {summary.export.exporter} "

@@ -5,7 +5,8 @@ Nothing heavy at import: the types are imported inside the helpers that build th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -144,6 +145,20 @@ def tolerance(atol: float | None, rtol: float | None) -> Any:
         if value is not None and value < 0:
             raise click.BadParameter(f"{name} must not be negative")
     return Tolerance(atol=atol, rtol=rtol)
+
+
+@contextlib.contextmanager
+def error_report(report_path: str | None) -> Iterator[None]:
+    """On a ``ConvkitError`` inside the block, write it to the ``--report`` file too, then let it go on."""
+    from convkit.errors import ConvkitError
+
+    try:
+        yield
+    except ConvkitError as exc:
+        from convkit.report.files import write_error_report
+
+        write_error_report(exc, report_path)
+        raise
 
 
 def finish_report(report: Any, report_path: str | None, junit_path: str | None, quiet: bool = False) -> int:

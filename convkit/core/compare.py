@@ -99,6 +99,7 @@ class ParityReport:
         return {
             "convkit_version": __version__,
             "passed": self.passed,
+            "stage": None if self.passed else "parity",
             "model": self.model,
             "reference": self.reference,
             "provider": self.provider,

@@ -41,6 +41,8 @@ _ORT_DTYPES = {
 class ModelRunError(ConvkitError):
     """onnxruntime refused to load or run the model with the given data."""
 
+    stage = "runtime"
+
 
 @dataclass
 class TensorSpec:

@@ -16,16 +16,6 @@ _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _ATTR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 # the top-level package of a model's class -> front end name
-_PACKAGE_FRAMEWORK = {
-    "torch": "torch",
-    "keras": "tensorflow",
-    "tensorflow": "tensorflow",
-    "tf_keras": "tensorflow",
-    # NOTE: why jaxlib too: a jax.jit-wrapped function is a jaxlib object
-    "flax": "jax",
-    "jax": "jax",
-    "jaxlib": "jax",
-}
 
 
 class SourceError(ConvkitError):
@@ -95,12 +85,3 @@ def load_factory(source: str) -> Any:
                 "point at a factory function or class that takes no arguments",
             ) from exc
     return target
-
-
-def framework_of(obj: Any) -> str | None:
-    """The front end whose model class ``obj`` is, judged by the packages in its class hierarchy."""
-    for cls in type(obj).__mro__:
-        top = cls.__module__.split(".")[0]
-        if top in _PACKAGE_FRAMEWORK:
-            return _PACKAGE_FRAMEWORK[top]
-    return None

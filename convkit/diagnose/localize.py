@@ -26,6 +26,7 @@ import numpy as np
 from convkit.core.compare import OutputComparison, Tolerance, compare_arrays
 from convkit.core.runtime import SessionOptions, ort_session_options
 from convkit.errors import ConvkitError
+from convkit.frontends.base import LayerPairing
 from convkit.graph.model import OnnxModel
 
 ORACLES = ("reference", "unoptimized")
@@ -255,14 +256,14 @@ def localize_against_framework(
     chunk: int = DEFAULT_CHUNK,
 ) -> Localization:
     """Name the first framework layer (module) whose ONNX counterpart diverges from the framework's own
-    activation, using the front end's ``layer_outputs`` pairing (see ``frontends.base.LayerOutputsFrontend``).
+    activation, using the front end's ``layer_outputs`` pairing (see ``frontends.base.LayerPairing``).
     """
-    pairing = getattr(frontend, "layer_outputs", None)
     result = Localization(oracle=f"{frontend.name} layers")
-    if pairing is None:
+    if not isinstance(frontend, LayerPairing):
         result.notes.append(f"the {frontend.name} front end cannot pair its layers with ONNX values")
         return result
-    layers = [p for p in pairing(native, model.proto, feeds) if p.onnx_value in value_names(model.proto)]
+    paired = frontend.layer_outputs(native, model.proto, feeds)
+    layers = [p for p in paired if p.onnx_value in value_names(model.proto)]
     producer = {out: (i, node) for i, node in enumerate(model.proto.graph.node) for out in node.output}
     actual = onnxruntime_evaluator(model.proto)
     for start in range(0, len(layers), chunk):

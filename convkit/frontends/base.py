@@ -1,7 +1,12 @@
 """The front-end protocol: what every framework provides. Small on purpose; change it rarely.
 
 A front end loads a model, exports it to ONNX and runs it natively for reference outputs. Everything after
-that (the runtime, the comparison, reports, artifacts, the CLI) is shared.
+that (the runtime, the comparison, reports, artifacts, the CLI) is shared. What only some front ends can do
+is a capability Protocol of its own (``HasReferenceCNN``, ``Trainable``, ``LayerPairing``,
+``Benchmarkable``, ``Isolated``): the core asks ``isinstance(frontend, Trainable)``, and mypy sees the
+methods it then calls.
+
+NOTE: why no numpy import at run time: ``convkit --help`` imports the registry, which imports this module.
 """
 
 from __future__ import annotations
@@ -9,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-from convkit.core.inputs import InputSpec
+    from convkit.core.inputs import InputSpec
 
 
 @dataclass
@@ -50,12 +56,11 @@ class ExportResult:
 
 
 class Frontend(Protocol):
-    """One framework. Implementations import their framework inside methods, never at module level."""
+    """One framework. Implementations import their framework inside methods, never at module level; what
+    identifies the framework (aliases, packages, how to install it) is its ``FrontendInfo`` in the
+    registry (``convkit.frontends``)."""
 
     name: str
-    aliases: tuple[str, ...]
-    extra: str
-    """The pip extra that installs the framework: ``pip install 'convkit[<extra>]'``."""
 
     def is_available(self) -> str | None:
         """``None`` when the framework imports here, else the reason it does not."""
@@ -98,9 +103,9 @@ class Frontend(Protocol):
         ...
 
 
-class ReferenceCNNFrontend(Frontend, Protocol):
-    """A front end that can build and train the founding document's reference CNN (``convkit matrix``,
-    ``convkit train``). Optional: the core checks for these attributes with ``getattr``."""
+@runtime_checkable
+class HasReferenceCNN(Protocol):
+    """Builds the founding document's reference CNN from canonical weights (``convkit matrix``)."""
 
     reference_layout: str
     """``NCHW`` or ``NHWC``: the layout of the model's input ``x``."""
@@ -109,6 +114,11 @@ class ReferenceCNNFrontend(Frontend, Protocol):
         """The reference CNN in inference mode, carrying canonical weights (see ``convkit.reference.cnn``)."""
         ...
 
+
+@runtime_checkable
+class Trainable(HasReferenceCNN, Protocol):
+    """Also trains the reference CNN in the framework's own idiom (``convkit train``)."""
+
     def train_reference_cnn(
         self,
         data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
@@ -116,18 +126,25 @@ class ReferenceCNNFrontend(Frontend, Protocol):
         seed: int,
         progress: Callable[[int, int, dict[str, float]], None],
     ) -> dict[str, np.ndarray]:
-        """Train from scratch in the framework's own idiom on ``(x_train, y_train, x_test, y_test)`` (NCHW
-        images, int labels); call ``progress(epoch, epochs, metrics)`` after each epoch; return canonical
-        weights."""
+        """Train from scratch on ``(x_train, y_train, x_test, y_test)`` (NCHW images, int labels); call
+        ``progress(epoch, epochs, metrics)`` after each epoch; return canonical weights."""
         ...
 
 
-class BenchmarkFrontend(Frontend, Protocol):
-    """A front end that offers its own runners to ``convkit bench``. Optional, like the above."""
+@runtime_checkable
+class Benchmarkable(Protocol):
+    """Offers its own runners to ``convkit bench``."""
 
     def benchmark_runners(self, model: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, Callable[[], Any]]:
         """Zero-argument calls running the model natively, by contender name (``torch eager`` ...)."""
         ...
+
+
+@runtime_checkable
+class Isolated(Protocol):
+    """Runs its framework in another process: ``module:factory`` sources are imported there, not here."""
+
+    isolated: bool
 
 
 @dataclass
@@ -142,9 +159,9 @@ class LayerOutput:
     """The framework's own activation, converted to that value's layout."""
 
 
-class LayerOutputsFrontend(Frontend, Protocol):
-    """A front end that can pair its layers with ONNX values, for ``verify --localize`` against the framework.
-    Optional, like the above."""
+@runtime_checkable
+class LayerPairing(Protocol):
+    """Pairs its layers with ONNX values, for ``verify --localize`` against the framework."""
 
     def layer_outputs(
         self, model: Any, onnx_model: Any, inputs: Mapping[str, np.ndarray]

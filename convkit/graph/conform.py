@@ -226,6 +226,7 @@ def apply_input_specs(
                     f"{exporter} fixed dimension {axis} ({want}) of input {spec.name!r} to "
                     f"{dim.dim_value}: {fixed_dim.why}",
                     f"{hint}; or {fixed_dim.fix}" if fixed_dim.fix else hint,
+                    stage="conform",
                 )
             if dim.dim_param and dim.dim_param != want:
                 renames.setdefault(dim.dim_param, want)
@@ -248,6 +249,7 @@ def name_outputs(graph: onnx.GraphProto, names: Sequence[str], input_names: set[
         raise ExportError(
             f"{exporter} wrote {len(graph.output)} outputs where the model returns {len(names)}",
             "return arrays, or tuples, lists or dicts of them",
+            stage="conform",
         )
     renamed: set[str] = set()
     for value, name in zip(graph.output, names, strict=True):
@@ -385,7 +387,7 @@ def conform_file(
     try:
         model = onnx.load(str(raw))
     except Exception as exc:
-        raise ModelLoadError(f"{exporter} wrote no readable ONNX model: {exc}") from exc
+        raise ModelLoadError(f"{exporter} wrote no readable ONNX model: {exc}", stage="capture") from exc
     count = len(model.graph.output)
     notes = conform(
         model,

@@ -176,7 +176,7 @@ def bench_model(
     from convkit.api import specs_from_session
     from convkit.core.inputs import random_inputs
     from convkit.core.runtime import usable_cpu_count
-    from convkit.frontends import LoadOptions, resolve_source
+    from convkit.frontends import Benchmarkable, LoadOptions, resolve_source
     from convkit.graph.model import load_onnx
 
     model = load_onnx(path)
@@ -197,11 +197,10 @@ def bench_model(
             )
         runners = onnxruntime_runners(model, feeds, threads)
         if frontend is not None:
-            extra = getattr(frontend, "benchmark_runners", None)
-            if extra is None:
-                report.notes.append(f"the {frontend.name} front end offers no benchmark runners")
+            if isinstance(frontend, Benchmarkable):
+                runners.update(frontend.benchmark_runners(native, feeds))
             else:
-                runners.update(extra(native, feeds))
+                report.notes.append(f"the {frontend.name} front end offers no benchmark runners")
         times = interleave(runners, min_seconds=min_seconds, progress=progress)
         peak_gflops = None
         if peak is not None:

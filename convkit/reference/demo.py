@@ -18,20 +18,12 @@ from pathlib import Path
 from convkit.core.compare import ParityReport
 from convkit.core.runtime import SessionOptions
 from convkit.errors import EXIT_OK, EXIT_PARITY_FAILED, ConvkitError
+from convkit.frontends import REGISTRY
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
-# front end -> (factory source under fixtures/models, input spec)
-DEMO_EXPORTS: dict[str, tuple[str, str]] = {
-    "torch": ("models/torch_models.py:reference_cnn", "x:batch,1,28,28"),
-    "tensorflow": ("models/keras_models.py:reference_cnn", "x:batch,28,28,1"),
-    "jax": ("models/jax_models.py:reference_cnn", "x:batch,28,28,1"),
-    "paddle": ("models/paddle_models.py:reference_cnn", "x:batch,1,28,28"),
-    "mxnet": ("models/mxnet_models.py:reference_cnn", "x:batch,1,28,28"),
-    "chainer": ("models/chainer_models.py:reference_cnn", "x:batch,1,28,28"),
-    "caffe": ("models/caffe_models.py:reference_cnn", "x:batch,1,28,28"),
-    "theano": ("models/theano_models.py:reference_cnn", "x:batch,1,28,28"),
-}
+# front end -> (factory source under fixtures/, input spec), from the registry
+DEMO_EXPORTS: dict[str, tuple[str, str]] = {info.name: info.demo for info in REGISTRY if info.demo}
 
 
 @dataclass
@@ -77,13 +69,15 @@ def run_demo(out_dir: str, options: SessionOptions, echo: Callable[[str], None])
         source = str(FIXTURES / source_rel)
         target = Path(out_dir) / f"{framework}_reference_cnn" / "model.onnx"
         echo(f"export   {framework} reference CNN -> {target}")
-        summary = api.export_model(source, target, framework, [parse_input_spec(spec_text)], options=options)
+        summary = api.export_model(
+            source, target, framework=framework, input_specs=[parse_input_spec(spec_text)], options=options
+        )
         rows.append(_row(f"export {framework} reference_cnn", summary.report))
         echo(f"verify   {target} against {framework} (batch 1 and 3)")
         rows.append(
             _row(
                 f"verify {framework} reference_cnn",
-                api.verify_model(target, source, framework, options=options),
+                api.verify_model(target, source, framework=framework, options=options),
             )
         )
         run = api.run_model(target, target.parent / "test_data_set_0", options)

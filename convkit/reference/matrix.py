@@ -21,7 +21,7 @@ from convkit.core.compare import Tolerance, compare_arrays
 from convkit.core.inputs import InputSpec
 from convkit.core.runtime import SessionOptions
 from convkit.errors import ConvkitError
-from convkit.frontends import FRONTENDS, PLANNED, get_frontend
+from convkit.frontends import FRONTENDS, PLANNED, HasReferenceCNN, get_frontend
 from convkit.reference.cnn import CANONICAL_WEIGHTS, load_digits, load_weights
 
 STATUSES = ("pass", "fail", "unavailable", "error")
@@ -97,22 +97,31 @@ def _one(
         frontend = get_frontend(name)
     except ConvkitError as exc:
         return FrameworkResult(name, "unavailable", reason=exc.message, install=exc.hint), None
-    build = getattr(frontend, "reference_cnn", None)
-    if build is None:
+    if not isinstance(frontend, HasReferenceCNN):
         return FrameworkResult(name, "unavailable", reason="its front end has no reference CNN yet"), None
-    layout = getattr(frontend, "reference_layout", "NCHW")
+    layout = frontend.reference_layout
     result = FrameworkResult(name, "error", versions=frontend.versions())
     try:
-        native = build(weights)
+        native = frontend.reference_cnn(weights)
         x = _to_layout(x_nchw, layout)
         target = out_dir / name / "model.onnx"
         summary = export_native(
-            frontend, native, [_spec(layout)], {"x": x[:2]}, target, f"reference_cnn:{name}"
+            frontend,
+            native,
+            specs=[_spec(layout)],
+            example={"x": x[:2]},
+            output=target,
+            source=f"reference_cnn:{name}",
         )
         result.model, result.exporter = str(target), summary.export.exporter
         model = load_onnx(target)
         report = verify_native(
-            model, frontend, native, [("digits", {"x": x}), ("batch=1", {"x": x[:1]})], tolerance, options
+            model,
+            frontend,
+            native,
+            data_sets=[("digits", {"x": x}), ("batch=1", {"x": x[:1]})],
+            tolerance=tolerance,
+            options=options,
         )
         worst = report.worst
         result.max_abs_diff = None if worst is None else worst.max_abs_diff

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from convkit.errors import ConvkitError
-from convkit.frontends import get_frontend
+from convkit.frontends import Trainable, frontend_info, get_frontend
 from convkit.reference.cnn import load_digits, save_weights
 
 # progress(epoch, epochs, metrics) after each epoch
@@ -54,10 +54,8 @@ def train(
     the trained model natively.
     """
     frontend = get_frontend(framework)
-    fit = getattr(frontend, "train_reference_cnn", None)
-    build = getattr(frontend, "reference_cnn", None)
-    if fit is None or build is None:
-        why = getattr(frontend, "cannot_train", None) or "not implemented yet"
+    if not isinstance(frontend, Trainable):
+        why = frontend_info(frontend.name).cannot_train or "not implemented yet"
         raise ConvkitError(
             f"the {frontend.name} front end cannot train the reference CNN: {why}",
             "train it in another framework (convkit train --framework torch -o weights.npz): canonical "
@@ -72,11 +70,10 @@ def train(
         if progress:
             progress(epoch, total, metrics)
 
-    weights = fit(data, epochs, seed, record)
+    weights = frontend.train_reference_cnn(data, epochs, seed, record)
     seconds = time.perf_counter() - start
-    layout = getattr(frontend, "reference_layout", "NCHW")
-    x = x_test if layout == "NCHW" else x_test.transpose(0, 2, 3, 1)
-    probs = frontend.run(build(weights), {"x": np.ascontiguousarray(x)})[0]
+    x = x_test if frontend.reference_layout == "NCHW" else x_test.transpose(0, 2, 3, 1)
+    probs = frontend.run(frontend.reference_cnn(weights), {"x": np.ascontiguousarray(x)})[0]
     save_weights(Path(output), weights)
     del x_train, y_train
     return TrainResult(frontend.name, epochs, accuracy(probs, y_test), seconds, str(output), history)

@@ -10,6 +10,7 @@ from convkit.report.junit import parity_junit_xml
 
 if TYPE_CHECKING:
     from convkit.core.compare import ParityReport
+    from convkit.errors import ConvkitError
 
 
 def to_json(report: ParityReport) -> str:
@@ -29,3 +30,16 @@ def write_report_files(report: ParityReport, json_path: str | None, junit_path: 
         write_text_atomic(json_path, to_json(report))
     if junit_path:
         write_text_atomic(junit_path, parity_junit_xml(report))
+
+
+def write_error_report(error: ConvkitError, json_path: str | None) -> None:
+    """Write the JSON report of a run that stopped before it could compare: ``passed`` false and the
+    error with the stage that failed (``ConvkitError.to_dict``).
+
+    NOTE: why: a CI job reading ``--report`` should find why, not a missing file.
+    """
+    from convkit import __version__
+
+    if json_path:
+        document = {"convkit_version": __version__, "passed": False, "error": error.to_dict()}
+        write_text_atomic(json_path, json.dumps(document, indent=2) + "\n")

@@ -39,8 +39,12 @@ class WorkerError(ConvkitError):
             were shown as they came).
     """
 
-    def __init__(self, message: str, hint: str | None = None, stderr_tail: str = "") -> None:
-        super().__init__(message, hint)
+    stage = "load"
+
+    def __init__(
+        self, message: str, hint: str | None = None, stderr_tail: str = "", *, stage: str | None = None
+    ) -> None:
+        super().__init__(message, hint, stage=stage)
         self.stderr_tail = stderr_tail
 
 
@@ -203,11 +207,15 @@ def call_worker(
             timer.cancel()
     tail = "" if verbose else _tail(stderr_path)
     what = f"the {worker.name} worker"
+    # NOTE: why by request: a failure while exporting is the exporter's (capture); any other request loads
+    # or runs the user's model in the framework
+    stage = "capture" if kind == "export" else "load"
     if timed_out.is_set():
         raise WorkerTimeoutError(
             f"{what} did not finish its {kind} request within {timeout:.0f} s and was stopped",
             f"a larger model may need longer: set {TIMEOUT_VARIABLE}=SECONDS; --verbose shows its output",
             tail,
+            stage=stage,
         )
     if answer is not None and "error" in answer:
         error_type = ERROR_TYPES.get(str(answer.get("type")), WorkerError)
@@ -219,7 +227,7 @@ def call_worker(
         )
         hint = answer.get("hint") or "--verbose shows the worker's output"
         if issubclass(error_type, WorkerError):
-            raise error_type(message, hint, tail)
+            raise error_type(message, hint, tail, stage=None if known else stage)
         raise error_type(message, hint)
     if code == 0 and answer is not None:
         result = answer.get("result")
@@ -231,10 +239,12 @@ def call_worker(
             + (f"; its last output: {last}" if last else ""),
             "the framework itself failed; --verbose shows its output",
             tail,
+            stage=stage,
         )
     raise WorkerCrashError(
         f"{what} exited with code {code} without an answer during its {kind} request"
         + (f"; its last output: {last}" if last else ""),
         "--verbose shows its output",
         tail,
+        stage=stage,
     )

@@ -5,7 +5,7 @@ for the front ends whose framework lives in an environment of its own (``paddle`
 
 ``WorkerFrontend`` subclasses (the Keras backends) implement ``_call(request, workdir, verbose)``, which runs
 one request in their worker (see ``convkit.frontends._worker.call_worker``) and returns the worker's result.
-``EnvWorkerFrontend`` subclasses only set class attributes (``env``, ``worker_script``, ``exporter`` ...) and
+``EnvWorkerFrontend`` subclasses only set class attributes (``exporter``, ``version_dists`` ...) and
 implement ``load`` and ``claims_path``; their worker scripts answer the requests ``describe``, ``run``,
 ``export``, ``reference_cnn`` (and ``train_reference_cnn``) as ``convkit/frontends/paddle/env/worker.py``
 documents.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sys
 import tempfile
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -156,10 +157,6 @@ class EnvWorkerFrontend(WorkerFrontend):
     ``module:factory`` sources) and ``claims_path``.
     """
 
-    env = ""
-    """The environment: ``convkit/frontends/<env>/<env>.lock``, installed into ``.convkit-envs/<env>``."""
-    worker_script: Path = Path()
-    """The worker file the environment's Python runs (it must not import convkit)."""
     exporter = ""
     """The exporter's name in reports and messages (``paddle2onnx``)."""
     version_dists: ClassVar[dict[str, str]] = {}
@@ -175,10 +172,18 @@ class EnvWorkerFrontend(WorkerFrontend):
     """The reference CNN's input layout in this framework."""
 
     @property
-    def install_command(self) -> str:
-        """What makes this front end available (``convkit doctor`` and errors print it instead of a pip
-        extra)."""
-        return f"convkit env create {self.env}"
+    def worker_script(self) -> Path:
+        """The worker file the environment's Python runs: ``env/worker.py`` in the front end's own folder
+        (``frontends/<name>/``); it never imports convkit."""
+        module = sys.modules[type(self).__module__]
+        return Path(str(module.__file__)).resolve().parent / "env" / "worker.py"
+
+    @property
+    def env(self) -> str:
+        """The framework environment it runs in (the registry's ``FrontendInfo.env``)."""
+        from convkit.frontends import frontend_info
+
+        return frontend_info(self.name).env or self.name
 
     def is_available(self) -> str | None:
         """``None`` when the environment is created and current, else why not (with the command that

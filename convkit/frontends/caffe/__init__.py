@@ -33,8 +33,6 @@ _HINT = (
     "or a folder holding one of each"
 )
 
-ENV_DIR = Path(__file__).resolve().parent / "env"
-
 
 def caffe_files(path: Path, weights: Path | None = None) -> tuple[Path, Path | None] | None:
     """The prototxt and caffemodel at ``path`` (a prototxt, a caffemodel, or a folder with one of each),
@@ -59,28 +57,17 @@ class CaffeFrontend(EnvWorkerFrontend):
     exported with caffe2onnx, run by OpenCV's Caffe importer for the reference outputs."""
 
     name = "caffe"
-    aliases: tuple[str, ...] = ()
-    extra = "caffe"
-    env = "caffe"
-    worker_script = ENV_DIR / "worker.py"
     exporter = "caffe2onnx"
     version_dists: ClassVar[dict[str, str]] = {
         "caffe2onnx": "caffe2onnx",
         "opencv": "opencv-python-headless",
         "onnx (caffe env)": "onnx",
     }
-    native_runner = "opencv"
-    """What runs the reference outputs: OpenCV's Caffe importer (Caffe itself cannot be installed)."""
     # NOTE: why: caffe2onnx casts -FLT_MAX to float32 (a numpy overflow warning on every pooling layer).
     quiet_env: ClassVar[dict[str, str]] = {"PYTHONWARNINGS": "ignore", "OPENCV_LOG_LEVEL": "ERROR"}
     # NOTE: why NCHW: Caffe's blobs are NCHW and its Convolution / InnerProduct blobs have PyTorch's layout;
     # the canonical weights go in unchanged.
     reference_layout = "NCHW"
-    cannot_train = (
-        "Caffe itself cannot be installed (no package for Python 3.11); convkit converts Caffe nets with "
-        "caffe2onnx and runs them with OpenCV, neither of which trains"
-    )
-    """Why ``convkit train --framework caffe`` refuses (read by ``convkit.reference.training``)."""
 
     def claims_path(self, path: Path) -> bool:
         """A ``.prototxt`` or ``.caffemodel`` (with its prototxt beside it), or a folder with one of each."""

@@ -22,18 +22,12 @@ from convkit.errors import InputFileError
 from convkit.frontends._worker.frontend import TrainableEnvWorkerFrontend, WorkerModel
 from convkit.frontends.base import LoadOptions
 
-ENV_DIR = Path(__file__).resolve().parent / "env"
-
 
 class ChainerFrontend(TrainableEnvWorkerFrontend):
     """Chainer through its own environment: factories (``--framework chainer``), exported with onnx-chainer
     and run by Chainer itself for the reference outputs."""
 
     name = "chainer"
-    aliases: tuple[str, ...] = ()
-    extra = "chainer"
-    env = "chainer"
-    worker_script = ENV_DIR / "worker.py"
     exporter = "onnx-chainer"
     version_dists: ClassVar[dict[str, str]] = {
         "chainer": "chainer",

@@ -60,8 +60,6 @@ class KerasBackendFrontend(WorkerFrontend):
 
     backend = "jax"
     name = "keras-jax"
-    aliases: tuple[str, ...] = ()
-    extra = "jax"
 
     # ----------------------------------------------------------------------------------------------- setup
     def is_available(self) -> str | None:
@@ -203,7 +201,6 @@ class KerasJaxFrontend(KerasBackendFrontend):
 
     backend = "jax"
     name = "keras-jax"
-    extra = "jax"
 
 
 class KerasTorchFrontend(KerasBackendFrontend):
@@ -211,7 +208,6 @@ class KerasTorchFrontend(KerasBackendFrontend):
 
     backend = "torch"
     name = "keras-torch"
-    extra = "torch"
 
 
 def _rename_inputs(model: onnx.ModelProto, exported: Sequence[str], specs: Sequence[InputSpec]) -> None:

@@ -23,8 +23,6 @@ from convkit.errors import InputFileError
 from convkit.frontends._worker.frontend import TrainableEnvWorkerFrontend, WorkerModel
 from convkit.frontends.base import LoadOptions
 
-ENV_DIR = Path(__file__).resolve().parent / "env"
-
 _SYMBOL_SUFFIX = "-symbol.json"
 _PARAMS = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d{4})\.params$")
 _SAVE_HINT = "save the model with HybridBlock.export(prefix) or mx.model.save_checkpoint, which write both"
@@ -59,10 +57,6 @@ class MXNetFrontend(TrainableEnvWorkerFrontend):
     models, exported with mx.onnx, run by MXNet itself for the reference outputs."""
 
     name = "mxnet"
-    aliases: tuple[str, ...] = ("gluon",)
-    extra = "mxnet"
-    env = "mxnet"
-    worker_script = ENV_DIR / "worker.py"
     exporter = "mx.onnx"
     version_dists: ClassVar[dict[str, str]] = {"mxnet": "mxnet", "onnx (mxnet env)": "onnx"}
     # NOTE: why: MXNet warns in Python at import and while converting (numpy and onnx deprecations); a quiet

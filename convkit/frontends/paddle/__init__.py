@@ -22,8 +22,6 @@ from convkit.errors import InputFileError
 from convkit.frontends._worker.frontend import TrainableEnvWorkerFrontend, WorkerModel
 from convkit.frontends.base import LoadOptions
 
-ENV_DIR = Path(__file__).resolve().parent / "env"
-
 _PROGRAM_SUFFIXES = (".json", ".pdmodel")
 _PARAMS_SUFFIX = ".pdiparams"
 
@@ -54,10 +52,6 @@ class PaddleFrontend(TrainableEnvWorkerFrontend):
     models, exported with paddle2onnx, run by Paddle itself for the reference outputs."""
 
     name = "paddle"
-    aliases: tuple[str, ...] = ("paddlepaddle",)
-    extra = "paddle"
-    env = "paddle"
-    worker_script = ENV_DIR / "worker.py"
     exporter = "paddle2onnx"
     version_dists: ClassVar[dict[str, str]] = {
         "paddle": "paddlepaddle",

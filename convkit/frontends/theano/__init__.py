@@ -29,8 +29,6 @@ from convkit.errors import InputFileError
 from convkit.frontends._worker.frontend import TrainableEnvWorkerFrontend, WorkerModel
 from convkit.frontends.base import LoadOptions
 
-ENV_DIR = Path(__file__).resolve().parent / "env"
-
 
 class TheanoFrontend(TrainableEnvWorkerFrontend):
     """Theano (as PyTensor) through its own environment: factories returning symbolic graphs
@@ -38,17 +36,11 @@ class TheanoFrontend(TrainableEnvWorkerFrontend):
     ``pytensor.function`` for the reference outputs."""
 
     name = "theano"
-    aliases: tuple[str, ...] = ("pytensor",)
-    extra = "theano"
-    env = "theano"
-    worker_script = ENV_DIR / "worker.py"
     exporter = "convkit-pytensor"
     version_dists: ClassVar[dict[str, str]] = {
         "pytensor": "pytensor",
         "onnx (theano env)": "onnx",
     }
-    native_runner = "pytensor"
-    """What runs the reference outputs: PyTensor, Theano's maintained successor."""
     # NOTE: why: PyTensor warns at import (no BLAS found through pip, deprecations) on every request; a quiet
     # worker keeps that off the user's terminal (its stderr is kept for errors and --verbose).
     quiet_env: ClassVar[dict[str, str]] = {"PYTHONWARNINGS": "ignore"}

@@ -1,0 +1,178 @@
+"""Export: load a framework model, export it to ONNX through its front end (and ``graph.conform``), check
+parity on the example inputs, and write the evidence beside the model (test data set, manifest)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convkit.core.artifacts import (
+    load_arrays,
+    move_into,
+    staging_dir,
+    write_test_data_set,
+)
+from convkit.core.compare import ParityReport, Tolerance
+from convkit.core.inputs import (
+    DEFAULT_SEED,
+    EXPORT_SYMBOLIC_SIZE,
+    InputSpec,
+    check_names,
+    make_static,
+    random_inputs,
+    specs_from_arrays,
+)
+from convkit.core.manifest import write_manifest
+from convkit.core.verify import Runtimes, check_data_sets, outputs_by_name
+from convkit.errors import DataError, InputFileError
+from convkit.frontends import (
+    ExportOptions,
+    ExportResult,
+    Frontend,
+    LoadOptions,
+    resolve_source,
+)
+from convkit.graph.model import load_onnx
+
+
+@dataclass
+class ExportSummary:
+    """What ``export_model`` wrote and how the export checked out on its example data."""
+
+    model_path: Path
+    manifest_path: Path
+    test_data_dir: Path | None
+    framework: str
+    export: ExportResult
+    specs: list[InputSpec]
+    report: ParityReport
+
+
+def _export_specs(
+    frontend: Frontend,
+    native: Any,
+    input_specs: Sequence[InputSpec],
+    feeds: Mapping[str, np.ndarray] | None,
+    static: bool,
+) -> list[InputSpec]:
+    names = frontend.input_names(native)
+    if input_specs:
+        specs = list(input_specs)
+        if names is not None:
+            check_names([s.name for s in specs], names, "--input")
+            order = {name: k for k, name in enumerate(names)}
+            specs.sort(key=lambda s: order[s.name])
+    elif feeds is not None:
+        if names is not None:
+            check_names(list(feeds), names, "the --data")
+            feeds = {name: feeds[name] for name in names}
+        specs = specs_from_arrays(feeds, dynamic_batch=not static)
+    else:
+        declared = frontend.input_specs(native)
+        if declared is None:
+            listing = f" ({', '.join(names)})" if names else ""
+            raise DataError(
+                f"the model does not declare its input shapes{listing}",
+                "give them with --input NAME:DIMS[:DTYPE] (e.g. x:batch,3,224,224) or --data FILE.npz",
+            )
+        specs = declared
+    return make_static(specs) if static else specs
+
+
+def export_model(
+    source: str,
+    output: str | os.PathLike[str],
+    *,
+    framework: str | None = None,
+    input_specs: Sequence[InputSpec] = (),
+    data: str | os.PathLike[str] | None = None,
+    static: bool = False,
+    load_options: LoadOptions | None = None,
+    export_options: ExportOptions | None = None,
+    test_data: bool = True,
+    tolerance: Tolerance | None = None,
+    options: Runtimes = None,
+    seed: int = DEFAULT_SEED,
+) -> ExportSummary:
+    """Export ``source`` to ONNX at ``output``, check parity on the example inputs, write the evidence.
+
+    Beside the model: ``test_data_set_0/`` (inputs and the framework's outputs, standard ONNX layout) unless
+    ``test_data`` is off, and ``<stem>.manifest.json``. The model appears only after the export succeeded
+    and onnxruntime loaded it.
+    """
+    output = Path(output)
+    if output.suffix != ".onnx":
+        raise InputFileError(f"output {output} should end in .onnx", "e.g. -o out/model.onnx")
+    frontend, preloaded = resolve_source(source, framework)
+    native = frontend.load(source, load_options or LoadOptions(), preloaded)
+    feeds = load_arrays(data, frontend.input_names(native) or []) if data is not None else None
+    specs = _export_specs(frontend, native, input_specs, feeds, static)
+    example = dict(feeds) if feeds is not None else random_inputs(specs, EXPORT_SYMBOLIC_SIZE, seed)
+    example = {spec.name: example[spec.name] for spec in specs}
+    return export_native(
+        frontend,
+        native,
+        specs=specs,
+        example=example,
+        output=output,
+        source=source,
+        export_options=export_options,
+        test_data=test_data,
+        tolerance=tolerance,
+        options=options,
+        seed=seed if feeds is None else None,
+    )
+
+
+def export_native(
+    frontend: Frontend,
+    native: Any,
+    *,
+    specs: Sequence[InputSpec],
+    example: Mapping[str, np.ndarray],
+    output: str | os.PathLike[str],
+    source: str,
+    export_options: ExportOptions | None = None,
+    test_data: bool = True,
+    tolerance: Tolerance | None = None,
+    options: Runtimes = None,
+    seed: int | None = None,
+) -> ExportSummary:
+    """Export an already loaded framework model (see ``export_model``); ``source`` is recorded as given."""
+    output = Path(output)
+    reference = frontend.run(native, example)
+    with staging_dir(output.parent) as staging:
+        # NOTE: why a staging folder under the final name: an exporter may write external data beside the
+        # model (``model.onnx.data``) and records that file name inside the model; exporting under the final
+        # name and moving every file into place keeps the reference valid and nothing half-written visible.
+        staged = staging / output.name
+        result = frontend.export(native, specs, example, staged, export_options or ExportOptions())
+        model = load_onnx(staged)
+        expected = outputs_by_name(reference, model.output_names, frontend)
+        checks = [("export example", example, expected)]
+        report = check_data_sets(model, frontend.name, checks, tolerance, options, None)
+        report.model = str(output)
+        report.notes.extend(result.notes)
+        move_into(staging, output.parent, last=output.name)
+    test_dir = write_test_data_set(output.parent, example, expected) if test_data else None
+    manifest = write_manifest(
+        output,
+        {
+            "framework": frontend.name,
+            "source": source,
+            "exporter": result.exporter,
+            "opset": result.opset,
+            "inputs": [spec.to_dict() for spec in specs],
+            "outputs": [{"name": name, "dtype": np.asarray(v).dtype.name} for name, v in expected.items()],
+            "test_data": test_dir.name if test_dir else None,
+            "seed": seed,
+            "notes": result.notes,
+            "versions": frontend.versions(),
+        },
+    )
+    return ExportSummary(output, manifest, test_dir, frontend.name, result, list(specs), report)
