@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from convkit.errors import DataError
+from convkit.frontends.jax._common import import_jax
 from convkit.reference.cnn import SHAPES
 
 # NOTE: why 32 and Adam at 1e-3: the recipe of the PyTorch and Keras front ends, so `convkit train` means the
@@ -85,7 +86,6 @@ def build_reference_cnn(weights: Mapping[str, np.ndarray]) -> Any:
     import jax.numpy as jnp
     from flax import nnx
 
-    from convkit.frontends.jax import _import_jax
     from convkit.reference.cnn import to_channels_last
 
     wrong = [
@@ -95,7 +95,7 @@ def build_reference_cnn(weights: Mapping[str, np.ndarray]) -> Any:
     ]
     if wrong:
         raise DataError(f"reference-CNN weights missing or misshapen: {', '.join(wrong)}")
-    _import_jax()
+    import_jax()
     channels_last = to_channels_last({name: np.asarray(weights[name], np.float32) for name in SHAPES})
     model = reference_cnn_class()(nnx.Rngs(0))
     for prefix in _LAYERS:
@@ -146,9 +146,7 @@ def train_reference_cnn(
     import optax
     from flax import nnx
 
-    from convkit.frontends.jax import _import_jax
-
-    _import_jax()
+    import_jax()
     x_train, y_train, x_test, y_test = data
     images = jnp.asarray(np.ascontiguousarray(np.asarray(x_train, np.float32).transpose(0, 2, 3, 1)))
     labels = jnp.asarray(np.asarray(y_train, np.int32))
