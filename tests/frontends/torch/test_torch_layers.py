@@ -5,14 +5,13 @@ the module (or functional call) they sit in."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from conftest import run_convkit
 from onnx import numpy_helper
 
 torch = pytest.importorskip("torch")
@@ -24,7 +23,7 @@ from convkit.core.sources import load_factory  # noqa: E402
 from convkit.diagnose.localize import localize_against_framework, onnxruntime_evaluator  # noqa: E402
 from convkit.frontends import ExportOptions, LoadOptions  # noqa: E402
 from convkit.frontends.torch import TorchFrontend  # noqa: E402
-from convkit.frontends.torch import layers as torch_layers  # noqa: E402
+from convkit.frontends.torch import layer_scopes as torch_layers  # noqa: E402
 from convkit.graph.model import load_onnx  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -207,15 +206,10 @@ def plant(proto: onnx.ModelProto, fault: str) -> None:
 
 @pytest.fixture(scope="module")
 def localized(reference_export, tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess[str], Path]]:
-    """`convkit verify FAULTY --source ... --framework torch --localize --report R` for every planted fault;
-    fault -> (finished process, report path).
-
-    NOTE: why the processes run side by side: each spends most of its ~2.5 s starting (importing torch);
-    together they take little more than one.
-    """
+    """`convkit verify FAULTY --source ... --framework torch --localize --report R` for every planted fault,
+    run in this interpreter; fault -> (finished command, report path)."""
     folder = tmp_path_factory.mktemp("faults")
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    running = {}
+    finished = {}
     for k, (fault, (model, *_)) in enumerate(FAULTS.items()):
         path = reference_export[1] if model == "reference_cnn" else exported(model, folder)[1]
         proto = onnx.load(path)
@@ -223,22 +217,16 @@ def localized(reference_export, tmp_path_factory) -> dict[str, tuple[subprocess.
         faulty = folder / f"faulty{k}.onnx"
         onnx.save(proto, faulty)
         report = folder / f"report{k}.json"
-        command = [sys.executable, "-m", "convkit", "verify", str(faulty), "--source", f"{MODELS}:{model}"]
+        command = ["verify", str(faulty), "--source", f"{MODELS}:{model}"]
         command += ["--framework", "torch", "--localize", "--report", str(report)]
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        running[fault] = (command, process, report)
-    finished = {}
-    for fault, (command, process, report) in running.items():
-        stdout, stderr = process.communicate(timeout=300)
-        done = subprocess.CompletedProcess(command, process.returncode, stdout.decode(), stderr.decode())
-        finished[fault] = (done, report)
+        finished[fault] = (run_convkit(*command, cwd=ROOT, timeout=300), report)
     return finished
 
 
 @pytest.mark.parametrize("fault", list(FAULTS), ids=["conv2-bias", "fc1-leaky-relu", "transpose-perm"])
 def test_cli_localize_names_the_faulty_module_or_call(localized, fault):
-    """`convkit verify --localize` against torch's own modules, in a fresh process, names the node and the
-    module (or functional call) in the text and in the JSON report."""
+    """`convkit verify --localize` against torch's own modules names the node and the module (or functional
+    call) in the text and in the JSON report."""
     _, layer, node, op_type = FAULTS[fault]
     done, report = localized[fault]
     assert done.returncode == 1, done.stdout + done.stderr
