@@ -1,5 +1,5 @@
 """Keras layers paired with the ONNX values tf2onnx made of them, for ``verify --localize`` against
-Keras (see ``convkit.frontends.base.LayerOutputsFrontend``)."""
+Keras (see ``convkit.frontends.base.LayerPairing``)."""
 
 from __future__ import annotations
 
@@ -7,23 +7,20 @@ import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from convkit.core.inputs import InputSpec
 from convkit.frontends._quiet import Quiet
-from convkit.frontends.base import ExportOptions, LayerOutput
-from convkit.frontends.tensorflow import (
+from convkit.frontends.base import ExportOptions, Frontend, LayerOutput
+from convkit.frontends.tensorflow._common import (
     SavedModelSignature,
-    _call,
-    _flatten,
-    _import_tf,
-    _keras_inputs,
+    call_model,
+    flatten,
+    import_tf,
+    keras_inputs,
 )
-
-if TYPE_CHECKING:
-    from convkit.frontends.tensorflow import TensorFlowFrontend
 
 # NOTE: why a cap: a nested model used as one layer owns hundreds of values; its outputs come first in the
 # preference order, so the first few candidates suffice and memory stays bounded.
@@ -34,7 +31,7 @@ _VALUES_PER_RUN = 64
 def _probe_layers(model: Any, keras: Any) -> list[tuple[Any, Any]]:
     """(layer, its symbolic output) for each layer of a functional or Sequential model that has exactly one
     call and one output tensor, in the model's (topological) order; empty for other models."""
-    if isinstance(model, SavedModelSignature) or _keras_inputs(model) is None:
+    if isinstance(model, SavedModelSignature) or keras_inputs(model) is None:
         return []
     probed = []
     for layer in getattr(model, "layers", []):
@@ -190,7 +187,7 @@ def _match(
 
 
 def layer_outputs(
-    frontend: TensorFlowFrontend, model: Any, onnx_model: Any, inputs: Mapping[str, np.ndarray]
+    frontend: Frontend, model: Any, onnx_model: Any, inputs: Mapping[str, np.ndarray]
 ) -> list[LayerOutput]:
     """Each layer's activation of a functional or Sequential Keras model, paired with the ONNX value of
     ``onnx_model`` (exported by ``frontend.export``) that holds the same tensor.
@@ -211,20 +208,29 @@ def layer_outputs(
 
     Layers without a counterpart (input layers, Dropout at inference, shared layers, layers with several
     outputs, folded layers) are left out. Subclassed models and SavedModels give an empty list.
+
+    Args:
+        frontend: the front end whose ``export`` made ``onnx_model`` (it makes the fresh export).
+        model: the Keras model.
+        onnx_model: the ``onnx.ModelProto`` under investigation.
+        inputs: input name -> array, the data both run on.
+
+    Returns:
+        One ``LayerOutput`` per paired layer, in the model's (topological) order.
     """
-    tf, keras = _import_tf()
+    tf, keras = import_tf()
     probed = _probe_layers(model, keras)
     if not probed:
         return []
     # NOTE: why the private attribute: the probe must take the inputs in the model's own structure (a
-    # dict-structured model is called with a dict), as _keras_inputs reads it.
+    # dict-structured model is called with a dict), as keras_inputs reads it.
     structure = getattr(model, "_inputs_struct", None)
     if structure is None:
         structure = model.inputs
     probe = keras.Model(structure, [tensor for _, tensor in probed])
     tensors = {name: tf.convert_to_tensor(np.asarray(value)) for name, value in inputs.items()}
     with Quiet():
-        activations = [np.asarray(value) for _, value in _flatten(_call(probe, tensors))]
+        activations = [np.asarray(value) for _, value in flatten(call_model(probe, tensors))]
     candidates = _scope_candidates(onnx_model.graph, str(model.name), [layer.name for layer, _ in probed])
     wanted = [
         (layer.name, activation, candidates.get(layer.name, []))
@@ -243,9 +249,7 @@ def layer_outputs(
     return _pick_values(onnx_model, wanted, inputs, numeric=False)
 
 
-def _fresh_export(
-    frontend: TensorFlowFrontend, model: Any, onnx_model: Any, inputs: Mapping[str, np.ndarray]
-) -> Any:
+def _fresh_export(frontend: Frontend, model: Any, onnx_model: Any, inputs: Mapping[str, np.ndarray]) -> Any:
     """``model`` exported again at ``onnx_model``'s opset with its input names and dims, as an
     ``onnx.ModelProto``; ``None`` when that fails."""
     import onnx

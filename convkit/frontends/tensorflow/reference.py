@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from convkit.frontends.tensorflow import _import_tf
+from convkit.frontends.tensorflow._common import import_tf
 
 # NOTE: why 32: small batches suit the ~1,400 training digits (about 45 steps an epoch); the measured
 # 10-epoch run reaches about 0.98 test accuracy in well under a minute on two cores.
@@ -63,10 +63,16 @@ def reference_cnn(weights: Mapping[str, np.ndarray]) -> Any:
 
     Input ``x`` of shape ``(batch, 28, 28, 1)``, output ``probs`` of shape ``(batch, 10)``; the weights
     (PyTorch layout, see ``convkit.reference.cnn``) are converted with ``to_channels_last``.
+
+    Args:
+        weights: canonical weights (``convkit.reference.cnn``'s keys and layout).
+
+    Returns:
+        The ``keras.Model`` named ``reference_cnn``.
     """
     from convkit.reference.cnn import to_channels_last
 
-    _, keras = _import_tf()
+    _, keras = import_tf()
     model = _reference_cnn_layers(keras)
     _set_reference_weights(model, to_channels_last(dict(weights)))
     return model
@@ -85,12 +91,18 @@ def train_reference_cnn(
     ``loss``, ``accuracy`` and ``val_accuracy`` through ``progress``. Seeded with
     ``keras.utils.set_random_seed(seed)`` (initial weights, shuffling, dropout).
 
+    Args:
+        data: training images and labels, then held-out images and labels (images NCHW).
+        epochs: how many passes over the training images.
+        seed: the random seed.
+        progress: called after each epoch with (epoch, epochs, metrics).
+
     Returns:
         Canonical weights (PyTorch layout), converted with ``from_channels_last``.
     """
     from convkit.reference.cnn import from_channels_last
 
-    _, keras = _import_tf()
+    _, keras = import_tf()
     x_train, y_train, x_test, y_test = data
     keras.utils.set_random_seed(seed)
     model = _reference_cnn_layers(keras)
