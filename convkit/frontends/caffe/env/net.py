@@ -60,7 +60,7 @@ class CaffeNet:
         inputs: ``(name, declared dims)`` per input, in order.
         outputs: ``(top, layer)`` per output: the blobs no later layer reads, with the last layer that wrote
             each, in the order of those layers (caffe2onnx's and OpenCV's order).
-        text: the prototxt as written (OpenCV reads it, see ``caffe_worker.opencv_prototxt``).
+        text: the prototxt as written (OpenCV reads it, see ``opencv_prototxt`` in ``worker.py``).
         caffemodel: the weights file.
     """
 

@@ -12,7 +12,7 @@ NOTE: why ``round_mode: FLOOR`` on both poolings: Caffe pools with ceil rounding
 of the 11x11 map gives 6x6 (``ceil((11 - 2) / 2) + 1``), a 64*6*6 = 2304-wide ``fc1``, not the reference's
 1600. ``round_mode: FLOOR`` (Caffe since 2018) pools 11x11 to 5x5 as every other framework does; caffe2onnx
 honors it (``ceil_mode=0``), and the worker tells OpenCV the same with OpenCV's own spelling
-(``ceil_mode: false``, see ``caffe_worker.opencv_prototxt``). 26x26 pools to 13x13 either way.
+(``ceil_mode: false``, see ``opencv_prototxt`` in ``worker.py``). 26x26 pools to 13x13 either way.
 """
 
 from __future__ import annotations

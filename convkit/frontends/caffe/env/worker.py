@@ -2,8 +2,9 @@
 
 Run as ``<env>/bin/python protocol.py worker.py REQUEST.json`` by ``convkit.frontends.caffe``
 (``protocol.py`` starts the process and serves ``HANDLERS``); it imports caffe2onnx, OpenCV, numpy,
-protobuf and onnx, never convkit, and loads ``proto.py``, ``net.py`` and ``reference.py``
-from its own folder by path.
+protobuf and onnx, never convkit, and loads ``proto.py``, ``net.py``, ``export.py`` (caffe2onnx's
+conversion and the fixes to its output) and ``reference.py`` from its own folder by path. This file holds
+the request handlers, the loading of a model source and the OpenCV run.
 
 Caffe itself has no installable package. A Caffe model is its deploy prototxt and its caffemodel: caffe2onnx
 converts them to ONNX, and OpenCV's Caffe importer (``cv2.dnn.readNetFromCaffe``), which implements Caffe's
@@ -24,13 +25,10 @@ solver is not installable.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import importlib.util
-import io
 import os
 import re
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,26 +39,10 @@ import convkit_worker_protocol as protocol
 
 caffe_proto = protocol.load_sibling("proto")
 caffe_net = protocol.load_sibling("net")
+caffe_export = protocol.load_sibling("export")
 WorkerFailure = protocol.WorkerFailure
 load_arrays = protocol.load_arrays
 save_outputs = protocol.save_outputs
-
-# NOTE: why 13 and not lower: caffe2onnx writes Softmax meaning "along axis" (opset 13's Softmax; before 13 it
-# flattened the trailing axes), Pad with its pads as an input (opset 11+), and Dropout with a ratio attribute
-# (opset <= 11), which the worker replaces by Identity. Stamped 13 and checked, the graph means what Caffe
-# computes; onnx's version converter takes it higher when asked.
-DEFAULT_OPSET = 13
-# caffe2onnx's parameter suffixes -> the names initializers get (``conv1.weight``, like the other front ends)
-_PARAM_SUFFIXES = {
-    "_W": "weight",
-    "_b": "bias",
-    "_B": "bias",
-    "_mean": "running_mean",
-    "_var": "running_var",
-    "_scale": "weight",
-    "_bias": "bias",
-    "_slope": "weight",
-}
 
 
 # ============================================================================================== models
@@ -202,157 +184,6 @@ def _run(net: Any, inputs: Mapping[str, Any], what: str) -> list[Any]:
 
 
 # ============================================================================================ convert
-def _convert(net: Any, shapes: Mapping[str, list[int]]) -> Any:
-    """caffe2onnx's model of ``net`` with its inputs declared as ``shapes`` (a batch of one where symbolic).
-
-    NOTE: why capture caffe2onnx's prints: it reports each layer ("convert layer: conv1") and its failures
-    on stdout before ``exit(-1)``; the last lines name the layer that failed, and they go to stderr after
-    (seen with --verbose).
-    """
-    import numpy as np
-
-    pb2 = caffe_proto.messages()
-    from caffe2onnx.src.caffe2onnx import Caffe2Onnx
-    from caffe2onnx.src.utils import freeze
-
-    deploy = pb2.NetParameter()
-    deploy.CopyFrom(net.net)
-    weights = pb2.NetParameter()
-    for layer in deploy.layer:
-        if layer.type == "Input":
-            del layer.input_param.shape[:]
-            layer.input_param.shape.add().dim.extend(shapes[layer.top[0]])
-        if layer.type == "Eltwise" and any(float(c) != 1.0 for c in layer.eltwise_param.coeff):
-            raise WorkerFailure(
-                f"layer {layer.name!r} (Eltwise) has coefficients {list(layer.eltwise_param.coeff)}, which "
-                "caffe2onnx drops: its ONNX model would compute a plain sum",
-                "fold the coefficients into the layers before it (e.g. a Scale or Power layer)",
-                "export",
-            )
-        if layer.name in net.blobs:
-            carrier = weights.layer.add(name=layer.name, type=layer.type)
-            for array in net.blobs[layer.name]:
-                caffe_proto.fill_blob(carrier.blobs.add(), np.asarray(array))
-    printed = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(printed):
-            model = Caffe2Onnx(deploy, weights, net.net.name or "caffe").createOnnxModel()
-            freeze(model)
-    except (Exception, SystemExit) as exc:
-        lines = [line for line in printed.getvalue().splitlines() if line.strip()]
-        layers = [line.split(":", 1)[1].strip() for line in lines if line.startswith("convert layer:")]
-        said = [line for line in lines if not line.startswith("convert layer:")]
-        detail = said[-1].strip() if said else protocol.first_line(exc)
-        where = f" at layer {layers[-1]!r}" if layers else ""
-        raise WorkerFailure(
-            f"caffe2onnx could not convert the net{where}: {detail}",
-            "--verbose shows caffe2onnx's log; the layer's settings may be ones caffe2onnx does not support",
-            "export",
-        ) from exc
-    finally:
-        sys.stderr.write(printed.getvalue())
-    return model
-
-
-def _tidy(model: Any, net: Any, specs: Sequence[Mapping[str, Any]], opset: int) -> dict[str, str]:
-    """Make caffe2onnx's graph a valid opset-``opset`` model with ``specs``' inputs; returns the parameter
-    names (initializer -> ``layer.weight`` ...) for the core's ``finish_model``."""
-    import onnx
-    from onnx import helper
-
-    graph = model.graph
-    initializers = {tensor.name: tensor for tensor in graph.initializer}
-    # NOTE: why rename: caffe2onnx names each input "<top>_input"; the user, the prototxt and OpenCV call it
-    # <top>.
-    taken = {name for node in graph.node for name in node.output}
-    for value in graph.input:
-        top = value.name.removesuffix("_input")
-        if top != value.name and top not in taken and top not in initializers:
-            for node in graph.node:
-                node.input[:] = [top if name == value.name else name for name in node.input]
-            value.name = top
-    for node in graph.node:
-        if node.op_type == "Dropout":
-            # NOTE: why: inference ignores Dropout; opset 12 made its ratio an input, and caffe2onnx's
-            # attribute form is invalid from there on.
-            node.op_type = "Identity"
-            del node.attribute[:]
-            del node.output[1:]
-    _fix_batch_reshapes(graph, initializers, net)
-    _exact_batch_norm(graph, initializers, net)
-    del graph.value_info[:]
-    for value in graph.output:
-        value.type.tensor_type.ClearField("shape")
-    by_name = {spec["name"]: spec for spec in specs}
-    for value in graph.input:
-        dims = value.type.tensor_type.shape.dim
-        for axis, want in enumerate(by_name[value.name]["dims"] if value.name in by_name else []):
-            if isinstance(want, str) and axis < len(dims):
-                dims[axis].Clear()
-                dims[axis].dim_param = want
-    del model.opset_import[:]
-    model.opset_import.append(helper.make_opsetid("", DEFAULT_OPSET))
-    model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))
-    model.producer_name = "caffe2onnx"
-    model.producer_version = importlib.metadata.version("caffe2onnx")
-    if opset != DEFAULT_OPSET:
-        model.CopyFrom(onnx.version_converter.convert_version(model, opset))
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    for value, found in zip(graph.output, inferred.graph.output, strict=True):
-        value.type.CopyFrom(found.type)
-    onnx.checker.check_model(model, full_check=True)
-    return {
-        name: f"{name[: -len(suffix)]}.{part}"
-        for name in initializers
-        for suffix, part in _PARAM_SUFFIXES.items()
-        if name.endswith(suffix) and name[: -len(suffix)] in net.blobs
-    }
-
-
-def _fix_batch_reshapes(graph: Any, initializers: Mapping[str, Any], net: Any) -> None:
-    """Let Reshape keep the batch: caffe2onnx writes the shape InnerProduct and Flatten flatten to with the
-    declared batch (``[1, 1600]``); a leading entry equal to it becomes 0 (copy the input's dim).
-
-    NOTE: why: Caffe reshapes a net to any batch (OpenCV does too); the exported model must take a dynamic
-    batch like every other front end's.
-    """
-    from onnx import numpy_helper
-
-    batches = {dims[0] for _, dims in net.inputs if dims}
-    for node in graph.node:
-        if node.op_type != "Reshape" or node.input[1] not in initializers:
-            continue
-        tensor = initializers[node.input[1]]
-        shape = numpy_helper.to_array(tensor).copy()
-        if shape.ndim == 1 and shape.size and int(shape[0]) in batches and int(shape[0]) > 0:
-            shape[0] = 0
-            tensor.CopyFrom(numpy_helper.from_array(shape, tensor.name))
-
-
-def _exact_batch_norm(graph: Any, initializers: Mapping[str, Any], net: Any) -> None:
-    """Write each BatchNorm's mean and variance as Caffe computes them: the stored sums divided by the scale
-    factor (blob 2), 0 when it is 0.
-
-    NOTE: why: caffe2onnx divides the variance by ``factor + 1e-5`` instead of ``factor`` (a relative error of
-    1e-5 / factor in every normalized value).
-    """
-    import numpy as np
-    from onnx import numpy_helper
-
-    for node in graph.node:
-        if node.op_type != "BatchNormalization" or node.name not in net.blobs:
-            continue
-        blobs = net.blobs[node.name]
-        if len(blobs) != 3:
-            continue
-        factor = float(np.ravel(blobs[2])[0])
-        scale = 0.0 if factor == 0 else 1.0 / factor
-        for name, blob in zip(node.input[3:5], blobs[:2], strict=True):
-            if name in initializers:
-                value = (np.ravel(blob) * np.float32(scale)).astype(np.float32)
-                initializers[name].CopyFrom(numpy_helper.from_array(value, name))
-
-
 def _convert_shapes(net: Any, specs: Sequence[Mapping[str, Any]]) -> dict[str, list[int]]:
     """Each input's shape to convert at: ``specs``' fixed dims, the prototxt's elsewhere, a batch of one."""
     declared = dict(net.inputs)
@@ -403,20 +234,20 @@ def export(request: dict[str, Any], channel: Any) -> dict[str, Any]:
     net = _load(request["source"])
     specs = {spec["name"]: spec for spec in request["specs"]}
     order = protocol.ordered_names([name for name, _ in net.inputs], list(specs), "in --input")
-    opset = int(request.get("opset") or DEFAULT_OPSET)
+    opset = int(request.get("opset") or caffe_export.DEFAULT_OPSET)
     newest = onnx.defs.onnx_opset_version()
-    if not DEFAULT_OPSET <= opset <= newest:
+    if not caffe_export.DEFAULT_OPSET <= opset <= newest:
         raise WorkerFailure(
-            f"caffe2onnx's models need opset {DEFAULT_OPSET} to {newest}, not {opset}",
-            f"use --opset {DEFAULT_OPSET} (the default) or higher",
+            f"caffe2onnx's models need opset {caffe_export.DEFAULT_OPSET} to {newest}, not {opset}",
+            f"use --opset {caffe_export.DEFAULT_OPSET} (the default) or higher",
             "export",
         )
     ordered = [specs[name] for name in order]
     shapes = _convert_shapes(net, ordered)
     _check_shapes(net, {name: tuple(dims) for name, dims in shapes.items()})
-    model = _convert(net, shapes)
+    model = caffe_export.convert(net, shapes)
     try:
-        param_names = _tidy(model, net, ordered, opset)
+        param_names = caffe_export.tidy(model, net, ordered, opset)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, RuntimeError) as exc:
         raise WorkerFailure(
             f"caffe2onnx wrote an invalid model: {protocol.first_line(exc)}",
