@@ -8,8 +8,13 @@ env), their shared options in ``options``; this module is the group and the exit
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
+from typing import NoReturn
 
 import click
 
@@ -49,11 +54,13 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        cli.main(args=args, prog_name="convkit", standalone_mode=False)
+        with _sigterm_interrupts():
+            cli.main(args=args, prog_name="convkit", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        # NOTE: why: click turns Ctrl-C (and SIGTERM, see _sigterm_interrupts) into Abort
+        click.echo("interrupted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
@@ -71,9 +78,45 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as exc:
+    except OSError as exc:
+        if exc.filename is None:
+            raise_internal(exc, debug)
+        # NOTE: why a user error: an OSError naming a file is the machine saying no (a read-only folder, a
+        # full disk, a path through a file); the message and the file are what the user needs
         if debug:
             traceback.print_exc()
-        click.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
-        click.echo("this is a bug in convkit; rerun with --debug for the traceback and report it", err=True)
-        sys.exit(EXIT_INTERNAL)
+        click.echo(f"error: cannot use {exc.filename}: {exc.strerror or exc}", err=True)
+        click.echo("hint: check the path, its permissions and the free space", err=True)
+        sys.exit(EXIT_USAGE)
+    except Exception as exc:
+        raise_internal(exc, debug)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While a command runs, SIGTERM interrupts it as Ctrl-C does.
+
+    NOTE: why: Python's default SIGTERM ends the process on the spot, skipping the ``finally`` blocks that
+    remove staging folders and stop workers; as a KeyboardInterrupt it unwinds them, then exits 130.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def raise_internal(exc: Exception, debug: bool) -> NoReturn:
+    """A bug in convkit: one line (the traceback with ``--debug``) and exit 3."""
+    if debug:
+        traceback.print_exc()
+    click.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
+    click.echo("this is a bug in convkit; rerun with --debug for the traceback and report it", err=True)
+    sys.exit(EXIT_INTERNAL)

@@ -22,8 +22,10 @@ def train(framework: str, epochs: int, seed: int, output: str) -> None:
 
     Saves canonical weights that every framework loads (convkit matrix --weights OUTPUT).
     """
+    from convkit.core.outputs import check_outputs
     from convkit.reference.training import train as train_reference
 
+    check_outputs({"-o": output}, [])
     with click.progressbar(length=epochs, label=f"training ({framework})", file=sys.stderr) as bar:
 
         def advance(epoch: int, total: int, metrics: dict[str, float]) -> None:
@@ -65,10 +67,12 @@ def matrix(
 ) -> None:
     """The reference CNN in every framework: export, verify each against itself, compare all pairs."""
     from convkit.core.artifacts import write_text_atomic
+    from convkit.core.outputs import check_outputs
     from convkit.reference.matrix import run_matrix
     from convkit.report.junit import matrix_junit_xml
     from convkit.report.tables import render_matrix
 
+    check_outputs({"--json": json_path, "--junit": junit}, [weights], folders={"--out-dir": out_dir})
     names = [part.strip() for part in frameworks.split(",") if part.strip()] if frameworks else None
     result = run_matrix(
         names,
@@ -94,8 +98,10 @@ def matrix(
 @provider_option
 def demo(out_dir: str, provider: str) -> None:
     """Export the bundled models, verify them, run them, and print the parity table."""
+    from convkit.core.outputs import check_outputs
     from convkit.reference.demo import run_demo
 
+    check_outputs({}, [], folders={"--out-dir": out_dir})
     sys.exit(run_demo(out_dir, session_options(provider, None), click.echo))
 
 

@@ -45,7 +45,9 @@ def run(model: str, data: str, output: str, provider: str, threads: int | None) 
     """Run MODEL on the inputs in --data with onnxruntime and save the outputs as .npz."""
     from convkit.api import run_model
     from convkit.core.artifacts import save_npz_atomic
+    from convkit.core.outputs import check_outputs
 
+    check_outputs({"-o": output}, [model, data])
     result = run_model(model, data, session_options(provider, threads))
     save_npz_atomic(output, result.outputs)
     for note in result.notes:
@@ -101,7 +103,9 @@ def verify(
     stored test_data_set_N outputs beside it are the reference; with --source, the framework itself is.
     """
     from convkit import api
+    from convkit.core.outputs import check_outputs
 
+    check_outputs({"--report": report, "--junit": junit}, [target, source, data, weights])
     with error_report(report):
         tol = tolerance(atol, rtol)
         session = runtime_configs(providers or provider, optimization, threads)
@@ -168,8 +172,11 @@ def export(
     """
     from convkit.api import export_model
     from convkit.core.inputs import parse_input_spec
+    from convkit.core.outputs import check_outputs
     from convkit.frontends import ExportOptions, LoadOptions
 
+    reads = [source, data, weights]
+    check_outputs({"-o": output, "--report": report, "--junit": junit}, reads)
     with error_report(report):
         summary = export_model(
             source,

@@ -6,6 +6,7 @@ Nothing heavy at import: the types are imported inside the helpers that build th
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -142,8 +143,9 @@ def tolerance(atol: float | None, rtol: float | None) -> Any:
     from convkit.core.compare import Tolerance
 
     for name, value in (("--atol", atol), ("--rtol", rtol)):
-        if value is not None and value < 0:
-            raise click.BadParameter(f"{name} must not be negative")
+        # NOTE: why finite: every comparison with nan is false, so --atol nan would pass any difference
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise click.BadParameter(f"{name} must be a finite number >= 0, not {value}")
     return Tolerance(atol=atol, rtol=rtol)
 
 

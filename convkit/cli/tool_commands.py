@@ -45,6 +45,9 @@ def bench(
         ) from None
     if not sizes or min(sizes) < 1:
         raise click.BadParameter("batch sizes must be positive", param_hint="--batch-sizes")
+    from convkit.core.outputs import check_outputs
+
+    check_outputs({"--json": json_path}, [model, source])
     click.echo("measuring the CPU's peak ...", err=True)
     peak = estimate_peak()
     # NOTE: why a nominal length: the number of rounds depends on speed; the bar shows activity, not ETA.
@@ -94,8 +97,10 @@ def quantize(
 ) -> None:
     """Quantize MODEL (int8 or fp16) and write it only if it keeps parity with fp32 (top-1 agreement)."""
     from convkit.core.artifacts import write_text_atomic
+    from convkit.core.outputs import check_outputs
     from convkit.quantize import quantize_model
 
+    check_outputs({"-o": output, "--json": json_path}, [model, calibration, eval_data])
     result = quantize_model(
         model, output, "fp16" if fp16 else mode, calibration, eval_data, per_channel, min_top1, force
     )
@@ -140,9 +145,12 @@ def reduce(model: str, data: str, output: str, oracle: str, atol: float | None, 
     or any ONNX test runner reproduces the failure.
     """
     from convkit.core.artifacts import load_arrays
+    from convkit.core.outputs import check_outputs
     from convkit.diagnose.reduce import reduce_model
     from convkit.graph.model import load_onnx
 
+    oracle_file = None if oracle in ("reference", "unoptimized") else oracle
+    check_outputs({}, [model, data, oracle_file], folders={"-o": output})
     loaded = load_onnx(model)
     reference = oracle if oracle in ("reference", "unoptimized") else load_onnx(oracle)
     repro = reduce_model(

@@ -29,7 +29,7 @@ from convkit.core.inputs import (
 )
 from convkit.core.manifest import write_manifest
 from convkit.core.verify import Runtimes, check_data_sets, outputs_by_name
-from convkit.errors import DataError, InputFileError
+from convkit.errors import DataError, InputFileError, UnsupportedModelError
 from convkit.frontends import (
     ExportOptions,
     ExportResult,
@@ -105,6 +105,7 @@ def export_model(
     ``test_data`` is off, and ``<stem>.manifest.json``. The model appears only after the export succeeded
     and onnxruntime loaded it.
     """
+    _check_opset((export_options or ExportOptions()).opset)
     output = Path(output)
     if output.suffix != ".onnx":
         raise InputFileError(f"output {output} should end in .onnx", "e.g. -o out/model.onnx")
@@ -145,6 +146,7 @@ def export_native(
 ) -> ExportSummary:
     """Export an already loaded framework model (see ``export_model``); ``source`` is recorded as given."""
     output = Path(output)
+    _check_opset((export_options or ExportOptions()).opset)
     reference = frontend.run(native, example)
     with staging_dir(output.parent) as staging:
         # NOTE: why a staging folder under the final name: an exporter may write external data beside the
@@ -176,3 +178,26 @@ def export_native(
         },
     )
     return ExportSummary(output, manifest, test_dir, frontend.name, result, list(specs), report)
+
+
+# NOTE: why 7: the oldest opset onnxruntime still implements for common operators
+MIN_OPSET = 7
+
+
+def _check_opset(opset: int | None) -> None:
+    """Refuse an opset no exporter can write before any exporter runs (some would silently write another).
+
+    Raises:
+        UnsupportedModelError: the opset is below 7 or beyond what the installed onnx defines.
+    """
+    if opset is None:
+        return
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise UnsupportedModelError(
+            f"opset {opset} is outside what ONNX defines here ({MIN_OPSET} to {newest})",
+            "omit --opset for the exporter's default, or give one in that range",
+            stage="input",
+        )

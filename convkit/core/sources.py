@@ -15,8 +15,6 @@ from convkit.errors import ConvkitError, InputFileError
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _ATTR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
-# the top-level package of a model's class -> front end name
-
 
 class SourceError(ConvkitError):
     """A ``module:factory`` source cannot be imported or called."""
@@ -54,10 +52,10 @@ def load_factory(source: str) -> Any:
         sys.path.insert(0, str(path.parent.resolve()))
         try:
             spec.loader.exec_module(module)
-        except ConvkitError:
+        except (ConvkitError, KeyboardInterrupt):
             raise
-        except Exception as exc:
-            raise SourceError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+        except BaseException as exc:
+            raise _user_code_failed(f"importing {path}", exc) from exc
         finally:
             sys.path.remove(str(path.parent.resolve()))
     else:
@@ -68,6 +66,10 @@ def load_factory(source: str) -> Any:
                 f"cannot import module {module_text!r}: {exc}",
                 "is it installed, or on PYTHONPATH? A file needs its .py suffix: path/to/file.py:factory",
             ) from exc
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            raise _user_code_failed(f"importing {module_text}", exc) from exc
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):
@@ -78,10 +80,61 @@ def load_factory(source: str) -> Any:
         target = getattr(target, part)
     if inspect.isclass(target) or inspect.isfunction(target) or inspect.ismethod(target):
         try:
-            return target()
+            inspect.signature(target).bind()
         except TypeError as exc:
             raise SourceError(
                 f"{source} could not be called without arguments: {exc}",
                 "point at a factory function or class that takes no arguments",
             ) from exc
+        except ValueError:
+            pass  # no signature to read (a builtin): calling it tells
+        try:
+            made = target()
+        except (ConvkitError, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            raise _user_code_failed(f"your factory {source}", exc) from exc
+        if made is None:
+            raise SourceError(
+                f"your factory {source} returned None", "return the model (an object of your framework)"
+            )
+        return made
     return target
+
+
+def _user_code_failed(what: str, exc: BaseException) -> SourceError:
+    """The error for the user's own code failing: what raised, the first line of why, and where in the
+    user's code (the innermost frame outside convkit and the libraries).
+
+    NOTE: why a user error: the user's factory or module failing (a config error, ``sys.exit(3)``, a
+    RecursionError) is theirs to fix, not a bug in convkit; exit 2, the traceback with ``--debug``.
+    """
+    if isinstance(exc, SystemExit):
+        return SourceError(
+            f"{what} exited (sys.exit({exc.code!r})) instead of returning a model",
+            "a factory must return the model; --debug shows where it exited",
+        )
+    text = str(exc).strip().splitlines()
+    first = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return SourceError(f"{what} raised {first}{_where(exc)}", "fix it there; --debug shows the traceback")
+
+
+def _where(exc: BaseException) -> str:
+    """`` (file.py:12)``: the innermost frame of the traceback in the user's code, when there is one."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    import sysconfig
+
+    library = (
+        "site-packages",
+        "dist-packages",
+        "<frozen ",
+        str(Path(__file__).parents[1]),
+        sysconfig.get_paths()["stdlib"],
+    )
+    mine = [frame for frame in frames if not any(part in frame.filename for part in library)]
+    if not mine:
+        return ""
+    frame = mine[-1]
+    return f" ({Path(frame.filename).name}:{frame.lineno})"

@@ -51,7 +51,7 @@ def test_planted_fault_is_named_against_the_original(original, tmp_path, plant, 
         found = localize(faulty, X, original, chunk=chunk)
         assert found.first is not None
         assert (found.first.node, found.first.op_type) == (node, op)
-        assert found.first.inputs_max_abs_diff == 0.0
+        assert found.first.inputs_max_abs_diff <= 1e-6  # the inputs agree (two sessions: not bit for bit)
         assert found.first.comparison.max_abs_diff > 1e-3
 
 

@@ -132,5 +132,6 @@ def test_initializers_listed_as_inputs_are_removed_from_the_inputs(cnn_case, tmp
     x = np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)
     expected = RuntimeSession(load_onnx(cnn_case), SessionOptions(provider="cpu")).run({"x": x})
     got = RuntimeSession(again, SessionOptions(provider="cpu")).run({"x": x})
-    np.testing.assert_array_equal(got["probs"], expected["probs"])
+    # NOTE: why not bit for bit: with its weights constant, onnxruntime may fold and fuse them differently
+    np.testing.assert_allclose(got["probs"], expected["probs"], rtol=1e-5, atol=1e-7)
     assert initializers_out_of_inputs(again.proto) == []

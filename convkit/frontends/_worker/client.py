@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -29,6 +30,7 @@ from convkit.errors import (
 
 TIMEOUT_VARIABLE = "CONVKIT_WORKER_TIMEOUT"
 STDERR_TAIL_LINES = 40
+MAX_TIMEOUT_S = 86400.0
 
 
 class WorkerError(ConvkitError):
@@ -98,10 +100,15 @@ def default_timeout(seconds: float) -> float:
     try:
         value = float(text)
     except ValueError:
+        value = math.nan
+    # NOTE: why bounded: threading.Timer cannot wait inf or 1e300 seconds (OverflowError in its thread, and
+    # then no timeout at all); a day is longer than any export
+    if not math.isfinite(value) or value <= 0 or value > MAX_TIMEOUT_S:
         raise ConvkitError(
-            f"{TIMEOUT_VARIABLE}={text!r} is not a number of seconds", f"e.g. {TIMEOUT_VARIABLE}=1200"
-        ) from None
-    return value if value > 0 else seconds
+            f"{TIMEOUT_VARIABLE}={text!r} is not a number of seconds between 0 and {MAX_TIMEOUT_S:.0f}",
+            f"e.g. {TIMEOUT_VARIABLE}=1200",
+        )
+    return value
 
 
 def _tail(path: Path) -> str:
@@ -151,7 +158,13 @@ def call_worker(
     request_path = workdir / "request.json"
     request_path.write_text(json.dumps(request), encoding="utf-8")
     stderr_path = workdir / "stderr.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONNOUSERSITE="1", **worker.env)
+    env = dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        PYTHONNOUSERSITE="1",
+        CONVKIT_PARENT_PID=str(os.getpid()),
+        **worker.env,
+    )
     if not verbose:
         env.update(worker.quiet_env)
     # NOTE: why drop PYTHONHOME: it would point the environment's interpreter at another installation.

@@ -296,7 +296,29 @@ def call_factory(source: str) -> Any:
         raise WorkerFailure(f"calling {source} failed: {first_line(exc)}", kind="source") from exc
 
 
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to kill this worker when the convkit that started it dies, however it dies.
+
+    NOTE: why here and not with ``preexec_fn``: that runs between fork and exec in a process that may hold
+    framework threads, which can deadlock; the worker is single-threaded when it starts. A parent gone
+    before the request is set up is caught by comparing the parent's id.
+    """
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os._exit(EXIT_ERROR)
+
+
 if __name__ == "__main__":
+    _die_with_parent(int(os.environ.get("CONVKIT_PARENT_PID", os.getppid())))
     # NOTE: why: running a script puts its folder first on sys.path; a user's factory importing a module
     # named like one of ours (client, protocol) must find its own, so the folder goes and ours load by path.
     if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:

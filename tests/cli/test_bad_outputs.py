@@ -1,0 +1,76 @@
+"""An output path that is one of the command's inputs, or is not a file, is refused with one line and exit 2;
+every input is byte-identical afterwards and nothing is left behind."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import FIXTURES, run_convkit
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    """Every file below ``folder`` with its sha256: the whole state a command could have touched."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """A test case (model + data sets), a data file and a factory source, all copies the test may lose."""
+    case = tmp_path / "case"
+    for file in (FIXTURES / "testcases" / "reference_cnn").rglob("*"):
+        if file.is_file():
+            target = case / file.relative_to(FIXTURES / "testcases" / "reference_cnn")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(file.read_bytes())
+    x = np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)
+    np.savez(tmp_path / "data.npz", x=x)
+    (tmp_path / "notes.txt").write_text("a file, not a folder\n")
+    (tmp_path / "src.py").write_text("def make():\n    raise RuntimeError('never called')\n")
+    (tmp_path / "folder").mkdir()
+    return tmp_path
+
+
+def _refused(work: Path, *args: str, says: str) -> None:
+    before = _digest(work)
+    done = run_convkit(*args, cwd=work)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert 1 <= len(lines) <= 3 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("error: ") and says in lines[0], lines[0]
+    assert _digest(work) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["run", "case/model.onnx", "--data", "data.npz", "-o", "case/model.onnx"], "is an input"),
+        (["run", "case/model.onnx", "--data", "data.npz", "-o", "./data.npz"], "is an input"),
+        (["run", "case/model.onnx", "--data", "data.npz", "-o", "folder"], "is a folder"),
+        (["run", "case/model.onnx", "--data", "data.npz", "-o", ""], "is empty"),
+        (["run", "case/model.onnx", "--data", "data.npz", "-o", "/dev/null"], "not a regular file"),
+        (["run", "case/model.onnx", "--data", "data.npz", "-o", "notes.txt/out.npz"], "notes.txt"),
+        (["verify", "case", "--report", "case/model.onnx"], "is an input"),
+        (["verify", "case", "--junit", "case/test_data_set_0/input_0.pb"], "is an input"),
+        (["quantize", "case/model.onnx", "-o", "case/model.onnx", "--mode", "dynamic"], "is an input"),
+        (["export", "src.py:make", "-o", "out.onnx", "--report", "src.py"], "is an input"),
+        (["reduce", "case/model.onnx", "--data", "data.npz", "-o", "notes.txt"], "is not a folder"),
+        (["reduce", "case/model.onnx", "--data", "data.npz", "-o", "case"], "holds an input"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else None,
+)
+def test_an_output_that_would_destroy_an_input_is_refused(work, args, says):
+    _refused(work, *args, says=says)
+
+
+def test_replacing_an_unrelated_output_stays_allowed(work):
+    (work / "old.npz").write_bytes(b"yesterday's outputs")
+    done = run_convkit("run", "case/model.onnx", "--data", "data.npz", "-o", "old.npz", cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert set(np.load(work / "old.npz")) == {"probs"}
