@@ -1,5 +1,5 @@
-"""Write fixtures/digits/digits.npz: the UCI optical handwritten digits (8x8, 0..16, 1797 images) as bundled
-with scikit-learn, so training needs neither scikit-learn nor a download.
+"""Write convkit/reference/data/digits.npz: the UCI optical handwritten digits (8x8, 0..16, 1797 images) as
+bundled with scikit-learn, so training needs neither scikit-learn nor a download.
 
     python -m venv /tmp/skl && /tmp/skl/bin/pip install scikit-learn
     /tmp/skl/bin/python scripts/make_digits.py
@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 digits = load_digits()
-target = Path(__file__).resolve().parent.parent / "fixtures" / "digits" / "digits.npz"
+target = Path(__file__).resolve().parent.parent / "convkit" / "reference" / "data" / "digits.npz"
 target.parent.mkdir(parents=True, exist_ok=True)
 np.savez_compressed(target, images=digits.images.astype(np.uint8), labels=digits.target.astype(np.int64))
 print(f"wrote {target}: {digits.images.shape[0]} images")

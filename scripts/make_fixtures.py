@@ -2,13 +2,14 @@
 
     .venv/bin/python scripts/make_fixtures.py
 
-- fixtures/reference_cnn/weights.npz: the canonical weights of the founding document's reference CNN
+- convkit/reference/data/weights.npz: the canonical weights of the founding document's reference CNN
   (PyTorch layout: conv (O,I,kh,kw), dense (out,in)), seeded.
-- fixtures/testcases/reference_cnn/: that CNN written directly with onnx.helper (opset 17, dynamic batch),
+- convkit/reference/data/testcases/reference_cnn/: that CNN written directly with onnx.helper (opset 17,
+  dynamic batch),
   with two data sets (batch 1 and 3) whose outputs come from onnx's reference implementation, not from
   onnxruntime: the bundled check is independent of the runtime it checks.
-- fixtures/testcases/old_opset_mlp/: an opset-6 model (Gemm-6, BatchNormalization-6, Add-6) that current
-  onnxruntime no longer implements; outputs computed with NumPy.
+- convkit/reference/data/testcases/old_opset_mlp/: an opset-6 model (Gemm-6, BatchNormalization-6, Add-6)
+  that current onnxruntime no longer implements; outputs computed with NumPy.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 from convkit.core.artifacts import save_npz_atomic, write_test_data_set  # noqa: E402
 
 SEED = 20171
-FIXTURES = ROOT / "fixtures"
+DATA = ROOT / "convkit" / "reference" / "data"
+CANONICAL_WEIGHTS = DATA / "weights.npz"
 
 
 def reference_cnn_weights(seed: int = SEED) -> dict[str, np.ndarray]:
@@ -113,7 +115,7 @@ def old_opset_mlp(rng: np.random.Generator) -> tuple[onnx.ModelProto, dict[str, 
 
 
 def write_case(name: str, model: onnx.ModelProto, data_sets: list[tuple[dict, dict]]) -> None:
-    case = FIXTURES / "testcases" / name
+    case = DATA / "testcases" / name
     if case.exists():
         shutil.rmtree(case)
     case.mkdir(parents=True)
@@ -124,7 +126,7 @@ def write_case(name: str, model: onnx.ModelProto, data_sets: list[tuple[dict, di
 
 def main() -> None:
     weights = reference_cnn_weights()
-    save_npz_atomic(FIXTURES / "reference_cnn" / "weights.npz", weights)
+    save_npz_atomic(CANONICAL_WEIGHTS, weights)
     cnn = reference_cnn_onnx(weights)
     oracle = ReferenceEvaluator(cnn)
     rng = np.random.default_rng(SEED)
@@ -140,7 +142,7 @@ def main() -> None:
     bn = (g - p["mean"]) / np.sqrt(p["var"].astype(np.float64) + 1e-5) * p["scale"] + p["bias"]
     y = (bn + p["B"]).astype(np.float32)
     write_case("old_opset_mlp", mlp, [({"x": x}, {"y": y})])
-    print(f"wrote fixtures under {FIXTURES}")
+    print(f"wrote {CANONICAL_WEIGHTS} and the test cases under {DATA / 'testcases'}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """The front-end registry: one ``FrontendInfo`` per framework, and everything derived from it.
 
 A framework's identity is written here once: its name, aliases, the packages whose objects belong to it,
-the pip extra or framework environment that installs it, its demo export and what computes its reference
-outputs. The front-end classes are named as ``module:Class`` strings and imported on demand, so nothing
-heavy (no framework, not even numpy) is imported until a framework is actually used.
+the pip extra or framework environment that installs it and what computes its reference outputs. The
+front-end classes are named as ``module:Class`` strings and imported on demand, so nothing heavy (no
+framework, not even numpy) is imported until a framework is actually used.
 """
 
 from __future__ import annotations
@@ -63,7 +63,6 @@ class FrontendInfo:
             its framework (``flax`` and ``jaxlib`` for jax).
         extra: the pip extra that installs the framework (``pip install 'convkit[torch]'``).
         env: the framework environment it runs in instead (``convkit env create paddle``).
-        demo: the demo's export: a factory under ``fixtures/`` and its ``--input`` spec.
         native_runner: what computes the reference outputs when it is not the framework itself (Caffe's
             nets run in OpenCV; Theano's successor is PyTensor); reports name it.
         cannot_train: why ``convkit train`` cannot train here, where it cannot.
@@ -75,7 +74,6 @@ class FrontendInfo:
     packages: tuple[str, ...] = ()
     extra: str | None = None
     env: str | None = None
-    demo: tuple[str, str] | None = None
     native_runner: str | None = None
     cannot_train: str | None = None
 
@@ -85,8 +83,6 @@ class FrontendInfo:
         return f"convkit env create {self.env}" if self.env else f"pip install 'convkit[{self.extra}]'"
 
 
-_NCHW = "x:batch,1,28,28"
-_NHWC = "x:batch,28,28,1"
 REGISTRY: tuple[FrontendInfo, ...] = (
     FrontendInfo(
         "torch",
@@ -94,7 +90,6 @@ REGISTRY: tuple[FrontendInfo, ...] = (
         aliases=("pytorch",),
         packages=("torch",),
         extra="torch",
-        demo=("models/torch_models.py:reference_cnn", _NCHW),
     ),
     FrontendInfo(
         "tensorflow",
@@ -102,7 +97,6 @@ REGISTRY: tuple[FrontendInfo, ...] = (
         aliases=("keras", "tf"),
         packages=("tensorflow", "keras", "tf_keras"),
         extra="tensorflow",
-        demo=("models/keras_models.py:reference_cnn", _NHWC),
     ),
     FrontendInfo(
         "jax",
@@ -111,14 +105,12 @@ REGISTRY: tuple[FrontendInfo, ...] = (
         # NOTE: why jaxlib too: a jax.jit-wrapped function is a jaxlib object
         packages=("jax", "flax", "jaxlib"),
         extra="jax",
-        demo=("models/jax_models.py:reference_cnn", _NHWC),
     ),
     FrontendInfo(
         "paddle",
         "convkit.frontends.paddle:PaddleFrontend",
         aliases=("paddlepaddle",),
         env="paddle",
-        demo=("models/paddle_models.py:reference_cnn", _NCHW),
     ),
     FrontendInfo("keras-jax", "convkit.frontends.keras_backend:KerasJaxFrontend", extra="jax"),
     FrontendInfo("keras-torch", "convkit.frontends.keras_backend:KerasTorchFrontend", extra="torch"),
@@ -127,19 +119,16 @@ REGISTRY: tuple[FrontendInfo, ...] = (
         "convkit.frontends.mxnet:MXNetFrontend",
         aliases=("gluon",),
         env="mxnet",
-        demo=("models/mxnet_models.py:reference_cnn", _NCHW),
     ),
     FrontendInfo(
         "chainer",
         "convkit.frontends.chainer:ChainerFrontend",
         env="chainer",
-        demo=("models/chainer_models.py:reference_cnn", _NCHW),
     ),
     FrontendInfo(
         "caffe",
         "convkit.frontends.caffe:CaffeFrontend",
         env="caffe",
-        demo=("models/caffe_models.py:reference_cnn", _NCHW),
         native_runner="opencv",
         cannot_train=(
             "Caffe itself cannot be installed (no package for Python 3.11); convkit converts Caffe nets with "
@@ -151,7 +140,6 @@ REGISTRY: tuple[FrontendInfo, ...] = (
         "convkit.frontends.theano:TheanoFrontend",
         aliases=("pytensor",),
         env="theano",
-        demo=("models/theano_models.py:reference_cnn", _NCHW),
         native_runner="pytensor",
     ),
 )

@@ -28,9 +28,11 @@ SHAPES: dict[str, tuple[int, ...]] = {
     "fc2.weight": (10, 128),
     "fc2.bias": (10,),
 }
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
-CANONICAL_WEIGHTS = FIXTURES / "reference_cnn" / "weights.npz"
-DIGITS = FIXTURES / "digits" / "digits.npz"
+DATA = Path(__file__).resolve().parent / "data"
+"""What the package carries for the reference CNN and the demo (a wheel install has it too)."""
+CANONICAL_WEIGHTS = DATA / "weights.npz"
+DIGITS = DATA / "digits.npz"
+TESTCASES = DATA / "testcases"
 FEATURE_MAP = (64, 5, 5)  # channels, height, width after the second pooling
 
 

@@ -1,8 +1,9 @@
-"""``convkit demo``: the main job on the bundled fixtures, end to end.
+"""``convkit demo``: the main job on what the package carries, end to end (a wheel install runs it too).
 
-1. verify the framework-free test cases in ``fixtures/testcases`` (stored outputs as the reference);
-2. for each installed framework, export its reference CNN from ``fixtures/models``, verify it against the
-   framework at two batch sizes, and run the exported model on its test data;
+1. verify the framework-free test cases the package carries (``reference/data/testcases``, stored outputs as
+   the reference);
+2. for each installed framework, export its reference CNN (the front end's own model, carrying the canonical
+   weights), verify it against the framework at two batch sizes, and run the exported model on its test data;
 3. when two frameworks or more ran, the reference CNN with the same weights in each (``convkit matrix``):
    do their ONNX models agree with each other;
 4. print one parity table.
@@ -18,12 +19,13 @@ from pathlib import Path
 from convkit.core.compare import ParityReport
 from convkit.core.runtime import SessionOptions
 from convkit.errors import EXIT_OK, EXIT_PARITY_FAILED, ConvkitError
-from convkit.frontends import REGISTRY
+from convkit.frontends import FRONTENDS, HasReferenceCNN, load_frontend_class
+from convkit.reference.cnn import TESTCASES
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
-# front end -> (factory source under fixtures/, input spec), from the registry
-DEMO_EXPORTS: dict[str, tuple[str, str]] = {info.name: info.demo for info in REGISTRY if info.demo}
+def demo_frameworks() -> list[str]:
+    """The registered front ends that build the reference CNN, in registry order (no framework imported)."""
+    return [name for name in FRONTENDS if isinstance(load_frontend_class(name), HasReferenceCNN)]
 
 
 @dataclass
@@ -44,44 +46,17 @@ def _row(task: str, report: ParityReport) -> DemoRow:
 def run_demo(out_dir: str, options: SessionOptions, echo: Callable[[str], None]) -> int:
     """Run the demo; returns the exit code (0 when everything that ran holds parity)."""
     from convkit import api
-    from convkit.core.inputs import parse_input_spec
-    from convkit.frontends import get_frontend
     from convkit.report.text import format_table
 
-    if not (FIXTURES / "testcases").is_dir():
-        raise ConvkitError(
-            f"bundled fixtures not found at {FIXTURES}", "run the demo from a convkit checkout"
-        )
     rows: list[DemoRow] = []
-    for case in sorted((FIXTURES / "testcases").iterdir()):
-        echo(f"verify   {case.relative_to(FIXTURES.parent)}")
+    for case in sorted(TESTCASES.iterdir()):
+        echo(f"verify   {case.name} (bundled test case)")
         report = api.verify_testcase(case, options=options)
         rows.append(_row(f"verify {case.name}", report))
         for note in report.notes:
             echo(f"         note: {note}")
-    for framework, (source_rel, spec_text) in DEMO_EXPORTS.items():
-        try:
-            get_frontend(framework)
-        except ConvkitError as exc:
-            echo(f"skip     {framework}: {exc}")
-            rows.append(DemoRow(f"export {framework} reference_cnn", framework, "-", "-", "SKIPPED"))
-            continue
-        source = str(FIXTURES / source_rel)
-        target = Path(out_dir) / f"{framework}_reference_cnn" / "model.onnx"
-        echo(f"export   {framework} reference CNN -> {target}")
-        summary = api.export_model(
-            source, target, framework=framework, input_specs=[parse_input_spec(spec_text)], options=options
-        )
-        rows.append(_row(f"export {framework} reference_cnn", summary.report))
-        echo(f"verify   {target} against {framework} (batch 1 and 3)")
-        rows.append(
-            _row(
-                f"verify {framework} reference_cnn",
-                api.verify_model(target, source, framework=framework, options=options),
-            )
-        )
-        run = api.run_model(target, target.parent / "test_data_set_0", options)
-        echo(f"run      {target}: " + ", ".join(f"{k} {list(v.shape)}" for k, v in run.outputs.items()))
+    for framework in demo_frameworks():
+        rows.extend(_export_reference_cnn(framework, Path(out_dir), options, echo))
     export_rows = [r for r in rows if r.task.startswith("export ") and r.result != "SKIPPED"]
     exported = [r.reference for r in export_rows]
     if len(exported) >= 2:
@@ -122,3 +97,44 @@ def run_demo(out_dir: str, options: SessionOptions, echo: Callable[[str], None])
         )
     )
     return EXIT_PARITY_FAILED if failed else EXIT_OK
+
+
+def _export_reference_cnn(
+    framework: str, out_dir: Path, options: SessionOptions, echo: Callable[[str], None]
+) -> list[DemoRow]:
+    """Export ``framework``'s reference CNN, verify it against the framework at batch 1 and 3, run it."""
+    from convkit import api
+    from convkit.core.inputs import EXPORT_SYMBOLIC_SIZE, InputSpec, random_inputs, verification_data_sets
+    from convkit.frontends import get_frontend
+    from convkit.graph.model import load_onnx
+    from convkit.reference.cnn import load_weights
+
+    task = f"export {framework} reference_cnn"
+    try:
+        frontend = get_frontend(framework)
+    except ConvkitError as exc:
+        echo(f"skip     {framework}: {exc}")
+        return [DemoRow(task, framework, "-", "-", "SKIPPED")]
+    assert isinstance(frontend, HasReferenceCNN)
+    native = frontend.reference_cnn(load_weights())
+    dims: list[int | str] = [1, 28, 28]
+    dims = ["batch", *dims] if frontend.reference_layout == "NCHW" else ["batch", *dims[1:], 1]
+    spec = InputSpec("x", dims)
+    target = out_dir / f"{framework}_reference_cnn" / "model.onnx"
+    echo(f"export   {framework} reference CNN -> {target}")
+    example = random_inputs([spec], EXPORT_SYMBOLIC_SIZE, seed=0)
+    summary = api.export_native(
+        frontend,
+        native,
+        specs=[spec],
+        example=example,
+        output=target,
+        source=f"reference_cnn:{framework}",
+        options=options,
+    )
+    echo(f"verify   {target} against {framework} (batch 1 and 3)")
+    data_sets = verification_data_sets([spec], seed=1)
+    verified = api.verify_native(load_onnx(target), frontend, native, data_sets=data_sets, options=options)
+    run = api.run_model(target, target.parent / "test_data_set_0", options)
+    echo(f"run      {target}: " + ", ".join(f"{k} {list(v.shape)}" for k, v in run.outputs.items()))
+    return [_row(task, summary.report), _row(f"verify {framework} reference_cnn", verified)]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, run_convkit
+from conftest import TESTCASES, run_convkit
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -24,9 +24,9 @@ def _digest(folder: Path) -> dict[str, str]:
 def work(tmp_path: Path) -> Path:
     """A test case (model + data sets), a data file and a factory source, all copies the test may lose."""
     case = tmp_path / "case"
-    for file in (FIXTURES / "testcases" / "reference_cnn").rglob("*"):
+    for file in (TESTCASES / "reference_cnn").rglob("*"):
         if file.is_file():
-            target = case / file.relative_to(FIXTURES / "testcases" / "reference_cnn")
+            target = case / file.relative_to(TESTCASES / "reference_cnn")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(file.read_bytes())
     x = np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)

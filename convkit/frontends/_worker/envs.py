@@ -108,9 +108,21 @@ class CreateResult:
 
 # ------------------------------------------------------------------------------------------- locations
 def envs_root() -> Path:
-    """The folder holding every environment: ``$CONVKIT_ENVS`` when set, else ``<repo>/.convkit-envs``."""
+    """The folder holding every environment: ``$CONVKIT_ENVS`` when set; ``<repo>/.convkit-envs`` when convkit
+    runs from a checkout; else the user's data folder (``~/.local/share/convkit/envs`` on Linux).
+
+    NOTE: why the data folder for an install: site-packages may be read-only or shared between users, and an
+    environment must outlive an upgrade of convkit; a checkout keeps its environments beside it, as
+    ``scripts/setup.sh`` has always made them.
+    """
     override = os.environ.get(ENVS_VARIABLE)
-    return Path(override).expanduser().absolute() if override else REPO / ".convkit-envs"
+    if override:
+        return Path(override).expanduser().absolute()
+    if (REPO / "pyproject.toml").is_file() and (REPO / "scripts" / "setup.sh").is_file():
+        return REPO / ".convkit-envs"
+    import platformdirs
+
+    return platformdirs.user_data_path("convkit") / "envs"
 
 
 def known_envs() -> list[str]:
@@ -244,6 +256,10 @@ def canonical_package(name: str) -> str:
 @contextlib.contextmanager
 def _exclusive(root: Path) -> Iterator[None]:
     """Hold ``root/.lock`` so that two creates never build or publish at once."""
+    if root.exists() and not root.is_dir():
+        raise FrameworkEnvError(
+            f"the environments folder {root} is a file", f"point ${ENVS_VARIABLE} at a folder, or unset it"
+        )
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
