@@ -19,6 +19,7 @@ from typing import NoReturn
 import click
 
 from convkit import __version__
+from convkit.cli.compare_command import compare
 from convkit.cli.framework_commands import demo, doctor, env, matrix, train
 from convkit.cli.model_commands import export, inspect, run, verify
 from convkit.cli.tool_commands import bench, quantize, reduce
@@ -41,7 +42,21 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 # NOTE: why the commands are plain click commands added here rather than ``@cli.command()`` in their modules:
 # the command modules then never import this one, so the package has no import cycle.
-for _command in (inspect, run, verify, export, bench, quantize, reduce, train, matrix, demo, doctor, env):
+for _command in (
+    inspect,
+    run,
+    verify,
+    compare,
+    export,
+    bench,
+    quantize,
+    reduce,
+    train,
+    matrix,
+    demo,
+    doctor,
+    env,
+):
     cli.add_command(_command)
 
 
