@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import sys
+import threading
+from typing import Any
 
 import click
 
@@ -21,6 +25,31 @@ from convkit.cli.options import (
     tolerance_options,
     with_backend,
 )
+
+
+def _check_timeout(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
+    # NOTE: why finite and bounded: nan passes every comparison, inf never ends, and a wait past
+    # threading.TIMEOUT_MAX fails inside Python instead of here
+    if value is not None and not (math.isfinite(value) and 0 < value <= threading.TIMEOUT_MAX):
+        raise click.BadParameter(f"must be a number of seconds > 0, not {value}")
+    return value
+
+
+timeout_option = click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    callback=_check_timeout,
+    help="stop an inference that runs longer than this (a Loop that never ends); exit 2.",
+)
+
+
+def _with_timeout(options: Any, timeout: float | None) -> Any:
+    """``options`` (one ``SessionOptions`` or a list) with ``timeout`` set."""
+    if isinstance(options, list):
+        return [dataclasses.replace(one, timeout=timeout) for one in options]
+    return dataclasses.replace(options, timeout=timeout)
 
 
 @click.command()
@@ -41,14 +70,17 @@ def inspect(model: str, as_json: bool) -> None:
 @click.option("--output", "-o", required=True, type=click.Path(), help="where to write the outputs (.npz).")
 @provider_option
 @threads_option
-def run(model: str, data: str, output: str, provider: str, threads: int | None) -> None:
+@timeout_option
+def run(
+    model: str, data: str, output: str, provider: str, threads: int | None, timeout: float | None
+) -> None:
     """Run MODEL on the inputs in --data with onnxruntime and save the outputs as .npz."""
     from convkit.api import run_model
     from convkit.core.artifacts import save_npz_atomic
     from convkit.core.outputs import check_outputs
 
     check_outputs({"-o": output}, [model, data])
-    result = run_model(model, data, session_options(provider, threads))
+    result = run_model(model, data, _with_timeout(session_options(provider, threads), timeout))
     save_npz_atomic(output, result.outputs)
     for note in result.notes:
         click.echo(f"note: {note}")
@@ -58,7 +90,12 @@ def run(model: str, data: str, output: str, provider: str, threads: int | None) 
 
 @click.command()
 @click.argument("target", type=click.Path())
-@click.option("--source", default=None, help="verify against this framework model (file or module:factory).")
+@click.option(
+    "--source",
+    default=None,
+    help="verify against this framework model (file or module:factory). A factory, SavedModel or "
+    "TorchScript source is a program: convkit runs its code.",
+)
 @source_options
 @tolerance_options
 @provider_option
@@ -76,6 +113,7 @@ def run(model: str, data: str, output: str, provider: str, threads: int | None) 
     metavar="LIST",
     help="onnxruntime graph optimization level(s): all, extended, basic, disabled; a list checks each.",
 )
+@timeout_option
 @localize_option
 @report_options
 def verify(
@@ -93,6 +131,7 @@ def verify(
     threads: int | None,
     providers: str | None,
     optimization: str,
+    timeout: float | None,
     localize: str | None,
     report: str | None,
     junit: str | None,
@@ -108,7 +147,7 @@ def verify(
     check_outputs({"--report": report, "--junit": junit}, [target, source, data, weights])
     with error_report(report):
         tol = tolerance(atol, rtol)
-        session = runtime_configs(providers or provider, optimization, threads)
+        session = _with_timeout(runtime_configs(providers or provider, optimization, threads), timeout)
         if source is None:
             if inputs or data or framework or weights:
                 raise click.UsageError("--input, --data, --framework and --weights need --source")
@@ -141,7 +180,10 @@ def verify(
 @click.option("--static", is_flag=True, help="fix every dimension (the first is dynamic by default).")
 @click.option("--opset", type=int, default=None, help="ONNX opset (the exporter's default if omitted).")
 @click.option("--exporter", default=None, help="force one exporter (torch: dynamo or torchscript).")
-@click.option("--no-test-data", is_flag=True, help="do not write test_data_set_0/ beside the model.")
+@click.option("--no-test-data", is_flag=True, help="do not write test_data_set_0/ for the model.")
+@click.option(
+    "--force", is_flag=True, help="replace a model or test data that an earlier convkit export did not write."
+)
 @click.option("--verbose", "-v", is_flag=True, help="show the exporters' own output.")
 @tolerance_options
 @provider_option
@@ -159,6 +201,7 @@ def export(
     opset: int | None,
     exporter: str | None,
     no_test_data: bool,
+    force: bool,
     verbose: bool,
     atol: float | None,
     rtol: float | None,
@@ -168,7 +211,10 @@ def export(
 ) -> None:
     """Export SOURCE (a model file or path/to/file.py:factory) to ONNX and check it on the example inputs.
 
-    Writes the model, test_data_set_0/ (inputs and the framework's outputs) and MODEL.manifest.json.
+    A factory, SavedModel or TorchScript SOURCE is a program: convkit runs its code.
+
+    Writes the model, MODEL.manifest.json and test_data_set_0/ (inputs and the framework's outputs): beside
+    a model named model.onnx (the folder is an ONNX test case), else in MODEL.test_data/.
     """
     from convkit.api import export_model
     from convkit.core.inputs import parse_input_spec
@@ -188,6 +234,7 @@ def export(
             load_options=LoadOptions(weights=weights, unsafe_pickle=unsafe_allow_pickle, verbose=verbose),
             export_options=ExportOptions(opset=opset, exporter=exporter, verbose=verbose),
             test_data=not no_test_data,
+            force=force,
             tolerance=tolerance(atol, rtol),
             options=session_options(provider, None),
             seed=seed,

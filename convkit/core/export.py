@@ -27,7 +27,7 @@ from convkit.core.inputs import (
     random_inputs,
     specs_from_arrays,
 )
-from convkit.core.manifest import write_manifest
+from convkit.core.manifest import folder_digest, test_data_folder, write_manifest
 from convkit.core.verify import Runtimes, check_data_sets, outputs_by_name
 from convkit.errors import DataError, InputFileError, UnsupportedModelError
 from convkit.frontends import (
@@ -98,17 +98,22 @@ def export_model(
     tolerance: Tolerance | None = None,
     options: Runtimes = None,
     seed: int = DEFAULT_SEED,
+    force: bool = False,
 ) -> ExportSummary:
     """Export ``source`` to ONNX at ``output``, check parity on the example inputs, write the evidence.
 
-    Beside the model: ``test_data_set_0/`` (inputs and the framework's outputs, standard ONNX layout) unless
-    ``test_data`` is off, and ``<stem>.manifest.json``. The model appears only after the export succeeded
-    and onnxruntime loaded it.
+    Beside the model: ``<stem>.manifest.json`` and, unless ``test_data`` is off, ``test_data_set_0/`` (the
+    inputs and the framework's outputs, standard ONNX layout) in the model's own test-data folder
+    (``convkit.core.manifest.test_data_folder``). The model appears only after the export succeeded and
+    onnxruntime loaded it. A file or test data this export did not write before is replaced only with
+    ``force``.
     """
     _check_opset((export_options or ExportOptions()).opset)
     output = Path(output)
     if output.suffix != ".onnx":
         raise InputFileError(f"output {output} should end in .onnx", "e.g. -o out/model.onnx")
+    if not force:
+        _check_not_foreign(output, test_data)
     frontend, preloaded = resolve_source(source, framework)
     native = frontend.load(source, load_options or LoadOptions(), preloaded)
     feeds = load_arrays(data, frontend.input_names(native) or []) if data is not None else None
@@ -127,6 +132,7 @@ def export_model(
         tolerance=tolerance,
         options=options,
         seed=seed if feeds is None else None,
+        force=True,  # checked above, before loading the model
     )
 
 
@@ -143,10 +149,13 @@ def export_native(
     tolerance: Tolerance | None = None,
     options: Runtimes = None,
     seed: int | None = None,
+    force: bool = False,
 ) -> ExportSummary:
     """Export an already loaded framework model (see ``export_model``); ``source`` is recorded as given."""
     output = Path(output)
     _check_opset((export_options or ExportOptions()).opset)
+    if not force:
+        _check_not_foreign(output, test_data)
     reference = frontend.run(native, example)
     with staging_dir(output.parent) as staging:
         # NOTE: why a staging folder under the final name: an exporter may write external data beside the
@@ -161,7 +170,7 @@ def export_native(
         report.model = str(output)
         report.notes.extend(result.notes)
         move_into(staging, output.parent, last=output.name)
-    test_dir = write_test_data_set(output.parent, example, expected) if test_data else None
+    test_dir = write_test_data_set(test_data_folder(output), example, expected) if test_data else None
     manifest = write_manifest(
         output,
         {
@@ -171,7 +180,8 @@ def export_native(
             "opset": result.opset,
             "inputs": [spec.to_dict() for spec in specs],
             "outputs": [{"name": name, "dtype": np.asarray(v).dtype.name} for name, v in expected.items()],
-            "test_data": test_dir.name if test_dir else None,
+            "test_data": test_dir.relative_to(output.parent).as_posix() if test_dir else None,
+            "test_data_sha256": folder_digest(test_dir) if test_dir else None,
             "seed": seed,
             "notes": result.notes,
             "versions": frontend.versions(),
@@ -182,6 +192,32 @@ def export_native(
 
 # NOTE: why 7: the oldest opset onnxruntime still implements for common operators
 MIN_OPSET = 7
+
+
+def _check_not_foreign(output: Path, test_data: bool) -> None:
+    """Refuse to replace a model, or test data, that this export did not write before (``force`` allows).
+
+    NOTE: why: re-exporting over one's own previous export is the normal loop, but a file convkit did not
+    write (another tool's model, a hand-made test case) is evidence a user may not get back.
+
+    Raises:
+        OutputPathError: the file or the data sets exist and their manifest does not claim them.
+    """
+    from convkit.core.manifest import test_data_folder, written_by_convkit
+    from convkit.core.outputs import OutputPathError
+
+    ours = output.is_file() and written_by_convkit(output)
+    if output.exists() and not ours:
+        raise OutputPathError(
+            f"{output} exists and was not written by a convkit export (no manifest records it)",
+            "choose another -o, or pass --force to replace it",
+        )
+    folder = test_data_folder(output)
+    if test_data and not ours and folder.is_dir() and any(folder.glob("test_data_set_*")):
+        raise OutputPathError(
+            f"{folder} already holds test data sets of another model",
+            "export into another folder (or under another name), or pass --force to replace them",
+        )
 
 
 def _check_opset(opset: int | None) -> None:

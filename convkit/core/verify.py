@@ -23,6 +23,7 @@ from convkit.core.inputs import (
     check_names,
     verification_data_sets,
 )
+from convkit.core.manifest import test_data_folder
 from convkit.core.run import open_session
 from convkit.core.runtime import SessionOptions, TensorSpec, short_provider_name
 from convkit.errors import DataError, InputFileError
@@ -55,7 +56,8 @@ def verify_testcase(
     the first diverging node, on the first data set that fails (or the first one).
     """
     model = load_onnx(path)
-    data_sets = list_test_data_sets(model.path.parent)
+    data_sets = list_test_data_sets(test_data_folder(model.path)) or list_test_data_sets(model.path.parent)
+    notes = check_recorded_test_data(model.path, data_sets)
     if not data_sets:
         raise InputFileError(
             f"no test_data_set_N folders beside {model.path}",
@@ -68,7 +70,41 @@ def verify_testcase(
     checks = [
         (folder.name, inputs, outputs) for folder, (inputs, outputs) in zip(data_sets, loaded, strict=True)
     ]
-    return check_data_sets(model, "stored outputs", checks, tolerance, options, localize)
+    report = check_data_sets(model, "stored outputs", checks, tolerance, options, localize)
+    report.notes[:0] = notes
+    return report
+
+
+def check_recorded_test_data(model_path: Path, data_sets: Sequence[Path]) -> list[str]:
+    """Hold the test data sets against what the model's export recorded in its manifest; returns notes.
+
+    NOTE: why the data sets' own fingerprint: two models exported into one folder by an older convkit (or by
+    hand) can leave one model's data beside the other; comparing then fails with baffling input names, when
+    the truth is that the data are not this model's. A model changed since its export (optimized,
+    re-saved) is still compared against its recorded outputs, with a note.
+
+    Raises:
+        DataError: a data set the manifest recorded for this model is no longer the one on disk.
+    """
+    from convkit.core.manifest import folder_digest, read_manifest, sha256_file
+
+    manifest = read_manifest(model_path)
+    if manifest is None:
+        return []
+    notes = []
+    if manifest.get("sha256") not in (None, sha256_file(model_path)):
+        notes.append(
+            f"{model_path.name} changed since it was exported (its sha256 differs from its manifest)"
+        )
+    recorded, digest = manifest.get("test_data"), manifest.get("test_data_sha256")
+    for folder in data_sets:
+        if recorded and digest and folder == model_path.parent / recorded and folder_digest(folder) != digest:
+            raise DataError(
+                f"{folder} is not the test data recorded for {model_path.name} at its export "
+                "(another model's, or changed since)",
+                "export the model again, or verify it against its framework with --source",
+            )
+    return notes
 
 
 def check_data_sets(
