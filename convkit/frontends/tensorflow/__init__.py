@@ -75,23 +75,8 @@ class TensorFlowFrontend:
     # ------------------------------------------------------------------ loading (load.py)
 
     def load(self, source: str, options: LoadOptions, preloaded: Any = None) -> Any:
-        """Load a Keras model or SavedModel folder for inference (see ``load.load``).
-
-        Args:
-            source: a ``.keras``/``.h5`` file, a SavedModel folder, or the ``module:factory`` text that made
-                ``preloaded``.
-            options: ``weights`` (a ``.weights.h5`` file to load into the model) and ``unsafe_pickle`` (let
-                Keras run the Python code stored in Lambda layers).
-            preloaded: the object a factory returned.
-
-        Returns:
-            The ``keras.Model`` itself, or a ``SavedModelSignature`` for SavedModel folders.
-
-        Raises:
-            InputFileError: the file or folder is missing, or a folder is no SavedModel.
-            ModelLoadError: the file is corrupt, holds only weights, or needs classes Keras cannot find.
-            UnsafeModelError: the file holds Lambda-layer code and ``unsafe_pickle`` is off.
-        """
+        """Load a Keras model (``.keras``/``.h5``), a SavedModel folder or a factory's model for inference;
+        ``load.load`` documents the arguments and errors."""
         return load.load(source, options, preloaded)
 
     def input_names(self, model: Any) -> list[str] | None:
