@@ -71,7 +71,8 @@ class TorchFrontend:
 
         Raises:
             ModelLoadError: the file is corrupt, holds only weights, or ``--weights`` does not fit.
-            UnsafeModelError: the file is a pickled module and ``options.unsafe_pickle`` is off.
+            UnsafeModelError: ``options.unsafe_pickle`` is off and the file is a pickle, or a ``.pt2``
+                carrying something that could run code (see ``pt2_check``).
         """
         return load.load_model(source, options, preloaded)
 

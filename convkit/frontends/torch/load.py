@@ -1,5 +1,6 @@
-"""Loading a PyTorch model: a factory's object, a ``.pt2`` ExportedProgram, a TorchScript archive or (only
-with ``unsafe_pickle``) a pickled module, and ``--weights`` (a state dict or a checkpoint wrapping one).
+"""Loading a PyTorch model: a factory's object, a ``.pt2`` ExportedProgram (checked by ``pt2_check`` first),
+a TorchScript archive or (only with ``unsafe_pickle``) a pickled module, and ``--weights`` (a state dict or a
+checkpoint wrapping one).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def load_model(source: str, options: LoadOptions, preloaded: Any = None) -> Any:
 
     Raises:
         ModelLoadError: the file is corrupt, holds only weights, or ``--weights`` does not fit.
-        UnsafeModelError: the file is a pickled module and ``options.unsafe_pickle`` is off.
+        UnsafeModelError: ``options.unsafe_pickle`` is off and the file is a pickle, or a ``.pt2``
+            carrying something that could run code (see ``pt2_check``).
     """
     import torch
 
@@ -86,14 +88,7 @@ def _load_model_file(path: Path, unsafe_pickle: bool) -> Any:
             "give a .pt2, TorchScript .pt or path/to/file.py:factory",
         )
     if path.suffix.lower() == ".pt2":
-        try:
-            with Quiet(False):
-                return torch.export.load(str(path))
-        except Exception as exc:
-            raise ModelLoadError(
-                f"cannot load {path} as an ExportedProgram: {first_line(exc)}",
-                "is it a torch.export.save file, complete and from a compatible torch version?",
-            ) from exc
+        return _load_exported_program(path, unsafe_pickle)
     if _is_torchscript_archive(path):
         try:
             return torch.jit.load(str(path), map_location="cpu")
@@ -113,6 +108,41 @@ def _load_model_file(path: Path, unsafe_pickle: bool) -> Any:
         f"{path} holds a {type(obj).__name__}, not a torch.nn.Module",
         "save the model with torch.export.save (.pt2) or torch.jit.save, or give a factory",
     )
+
+
+def _load_exported_program(path: Path, unsafe_pickle: bool) -> Any:
+    """``torch.export.load``, after ``pt2_check`` found nothing in the archive that could run code (unless
+    ``unsafe_pickle``)."""
+    import io
+
+    import torch
+
+    from convkit.frontends.torch.pt2_check import UnreadableArchive, refusal
+
+    unreadable = "is it a torch.export.save file, complete and from a compatible torch version?"
+    source: Any = str(path)
+    if not unsafe_pickle:
+        # NOTE: why the bytes, read once: torch then loads exactly what was checked, even if the file changes
+        data = path.read_bytes()
+        try:
+            reason = refusal(data)
+        except UnreadableArchive as exc:
+            raise ModelLoadError(f"cannot load {path} as an ExportedProgram: {exc}", unreadable) from exc
+        if reason is not None:
+            raise UnsafeModelError(
+                f"{path} {reason}: torch.export.load could run code the file carries, so convkit does not "
+                "load it by default",
+                "if you trust the file, pass --unsafe-allow-pickle; better, save the program again with "
+                "torch.export.save from a plain module",
+            )
+        source = io.BytesIO(data)
+    try:
+        with Quiet(False):
+            return torch.export.load(source)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot load {path} as an ExportedProgram: {first_line(exc)}", unreadable
+        ) from exc
 
 
 def _torch_load(path: Path, unsafe_pickle: bool, what: str) -> Any:
