@@ -94,8 +94,8 @@ def source_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--unsafe-allow-pickle",
             is_flag=True,
-            help="allow files that run code when loaded (whole pickled models, .pt2 archives carrying pickles "
-            "or code, Keras Lambda layers). Only for files you trust.",
+            help="allow files that run code when loaded (whole pickled models, .pt2 archives carrying "
+            "pickles or code, Keras Lambda layers). Only for files you trust.",
         ),
         click.option("--seed", type=int, default=0, show_default=True, help="seed of the random inputs."),
     ]
