@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> None:
     """
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    if debug:
+        # NOTE: why: users add --debug at the end of the line they just ran; click knows it only before the
+        # command, so it is taken out here and given back in its place
+        args = ["--debug", *(arg for arg in args if arg != "--debug")]
     try:
         with _sigterm_interrupts():
             cli.main(args=args, prog_name="convkit", standalone_mode=False)

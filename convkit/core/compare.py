@@ -23,6 +23,10 @@ DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
 }
 
 
+REPORT_SCHEMA = 1
+"""The version of the JSON report's layout (``--report``); raised when a field changes meaning or goes."""
+
+
 def default_tolerance(dtype: np.dtype[Any] | str) -> tuple[float, float]:
     """Return the documented default ``(atol, rtol)`` for outputs of ``dtype`` (exact for non-floats)."""
     name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
@@ -97,6 +101,7 @@ class ParityReport:
         from convkit import __version__
 
         return {
+            "schema": REPORT_SCHEMA,
             "convkit_version": __version__,
             "passed": self.passed,
             "stage": None if self.passed else "parity",

@@ -37,7 +37,7 @@ from convkit.frontends import (
     LoadOptions,
     resolve_source,
 )
-from convkit.graph.model import load_onnx
+from convkit.graph.model import OnnxModel, load_onnx
 
 
 @dataclass
@@ -76,9 +76,12 @@ def _export_specs(
         declared = frontend.input_specs(native)
         if declared is None:
             listing = f" ({', '.join(names)})" if names else ""
+            example = (
+                " ".join(f"--input {n}:batch,..." for n in names) if names else "--input x:batch,3,224,224"
+            )
             raise DataError(
                 f"the model does not declare its input shapes{listing}",
-                "give them with --input NAME:DIMS[:DTYPE] (e.g. x:batch,3,224,224) or --data FILE.npz",
+                f"give them with --input NAME:DIMS[:DTYPE] (e.g. {example}) or --data FILE.npz",
             )
         specs = declared
     return make_static(specs) if static else specs
@@ -179,7 +182,10 @@ def export_native(
             "exporter": result.exporter,
             "opset": result.opset,
             "inputs": [spec.to_dict() for spec in specs],
-            "outputs": [{"name": name, "dtype": np.asarray(v).dtype.name} for name, v in expected.items()],
+            "outputs": [
+                {"name": name, "dtype": np.asarray(v).dtype.name, "shape": _dims(model, name)}
+                for name, v in expected.items()
+            ],
             "test_data": test_dir.relative_to(output.parent).as_posix() if test_dir else None,
             "test_data_sha256": folder_digest(test_dir) if test_dir else None,
             "seed": seed,
@@ -237,3 +243,12 @@ def _check_opset(opset: int | None) -> None:
             "omit --opset for the exporter's default, or give one in that range",
             stage="input",
         )
+
+
+def _dims(model: OnnxModel, output: str) -> list[int | str | None]:
+    """An output's declared dims: sizes, symbolic names, ``None`` where the model leaves one unknown."""
+    for value in model.proto.graph.output:
+        if value.name == output:
+            dims = value.type.tensor_type.shape.dim
+            return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+    return []

@@ -64,6 +64,7 @@ def written_by_convkit(model_path: Path) -> bool:
 def write_manifest(model_path: Path, fields: dict[str, Any]) -> Path:
     """Write the manifest atomically; returns its path. ``fields`` adds to the standard keys."""
     import onnx
+    import onnxruntime
 
     from convkit import __version__
 
@@ -73,6 +74,7 @@ def write_manifest(model_path: Path, fields: dict[str, Any]) -> Path:
         "versions": {
             "convkit": __version__,
             "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
             "python": platform.python_version(),
         },
     }

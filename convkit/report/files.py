@@ -41,5 +41,12 @@ def write_error_report(error: ConvkitError, json_path: str | None) -> None:
     from convkit import __version__
 
     if json_path:
-        document = {"convkit_version": __version__, "passed": False, "error": error.to_dict()}
+        from convkit.core.compare import REPORT_SCHEMA
+
+        document = {
+            "schema": REPORT_SCHEMA,
+            "convkit_version": __version__,
+            "passed": False,
+            "error": error.to_dict(),
+        }
         write_text_atomic(json_path, json.dumps(document, indent=2) + "\n")
