@@ -28,10 +28,15 @@ from convkit.cli.options import (
 
 
 def _check_timeout(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
+    from convkit.errors import ConvkitError
+
     # NOTE: why finite and bounded: nan passes every comparison, inf never ends, and a wait past
     # threading.TIMEOUT_MAX fails inside Python instead of here
     if value is not None and not (math.isfinite(value) and 0 < value <= threading.TIMEOUT_MAX):
-        raise click.BadParameter(f"must be a number of seconds > 0, not {value}")
+        raise ConvkitError(
+            f"--timeout {value} is not a number of seconds > 0",
+            f"give a finite number of seconds (at most {threading.TIMEOUT_MAX:.0f}), e.g. --timeout 60",
+        )
     return value
 
 

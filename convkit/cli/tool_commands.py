@@ -46,8 +46,10 @@ def bench(
     if not sizes or min(sizes) < 1:
         raise click.BadParameter("batch sizes must be positive", param_hint="--batch-sizes")
     from convkit.core.outputs import check_outputs
+    from convkit.perf.bench import check_batch_sizes
 
     check_outputs({"--json": json_path}, [model, source])
+    check_batch_sizes(model, sizes, threads)
     click.echo("measuring the CPU's peak ...", err=True)
     peak = estimate_peak()
     # NOTE: why a nominal length: the number of rounds depends on speed; the bar shows activity, not ETA.

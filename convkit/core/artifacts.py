@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import re
 import shutil
@@ -19,10 +20,11 @@ import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
+from convkit.core.inputs import check_fits_in_memory
 from convkit.errors import DataError, InputFileError
 
 
@@ -148,7 +150,16 @@ def write_test_data_set(
 
 
 def read_tensor_pb(path: Path) -> tuple[str, np.ndarray]:
-    """Read one serialized ``TensorProto``; returns ``(name, array)``."""
+    """Read one serialized ``TensorProto``; returns ``(name, array)``.
+
+    A tensor whose data is external is read from a file beside the ``.pb`` (never outside its folder).
+
+    Raises:
+        DataError: the file is not a valid TensorProto (corrupt, an unknown data type, data that does not
+            match its dims).
+        UnsafeModelError: its external data lies outside the ``.pb``'s folder.
+        InputFileError: the file or its external data cannot be read.
+    """
     import onnx
     from google.protobuf.message import DecodeError
     from onnx import numpy_helper
@@ -156,14 +167,59 @@ def read_tensor_pb(path: Path) -> tuple[str, np.ndarray]:
     tensor = onnx.TensorProto()
     try:
         tensor.ParseFromString(path.read_bytes())
-        array = numpy_helper.to_array(tensor)
-    except (DecodeError, ValueError, TypeError) as exc:
+    except DecodeError as exc:
         raise DataError(
             f"{path} is not a valid ONNX TensorProto ({exc})", "re-create it with `convkit export`"
         ) from exc
     except OSError as exc:
         raise InputFileError(f"cannot read {path}: {exc.strerror}") from exc
+    if tensor.data_type not in onnx.TensorProto.DataType.values() or tensor.data_type == 0:
+        raise DataError(
+            f"{path} is not a valid ONNX TensorProto (unknown data type {tensor.data_type})",
+            "re-create it with `convkit export`",
+        )
+    if _uses_external_data(tensor):
+        _load_external_tensor(tensor, path)
+    try:
+        array = numpy_helper.to_array(tensor)
+    except (ValueError, TypeError) as exc:
+        raise DataError(
+            f"{path} is not a valid ONNX TensorProto ({exc})", "re-create it with `convkit export`"
+        ) from exc
+    # NOTE: why: protobuf hands back bytes, not str, for a name that is not valid UTF-8
+    if not isinstance(tensor.name, str):
+        raise DataError(f"{path} names its tensor in bytes that are not valid UTF-8: {tensor.name!r}")
     return tensor.name, array
+
+
+def _uses_external_data(tensor: Any) -> bool:
+    import onnx
+
+    return bool(tensor.HasField("data_location") and tensor.data_location == onnx.TensorProto.EXTERNAL)
+
+
+def _load_external_tensor(tensor: Any, path: Path) -> None:
+    """Read an external tensor's bytes into it, from a file in the ``.pb``'s own folder.
+
+    NOTE: why convkit reads the bytes itself: onnx's loader resolves the location against a base folder
+    that defaults to the current directory, and reads ``length`` bytes without checking them against the
+    file; here the location is confined to the data set's folder (as a model's is to its folder, see
+    ``check_external_data``) and the range to the file.
+    """
+    import onnx
+
+    from convkit.graph.model import external_data_range
+
+    source, offset, length = external_data_range(tensor, path.parent, f"{path.name}'s folder")
+    try:
+        with open(source, "rb") as file:
+            file.seek(offset)
+            data = file.read(-1 if length is None else length)
+    except OSError as exc:
+        raise InputFileError(f"cannot read {source}: {exc.strerror}") from exc
+    tensor.raw_data = data
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.DEFAULT
 
 
 def _indexed(folder: Path, kind: str) -> list[Path]:
@@ -226,9 +282,12 @@ def load_arrays(path: str | os.PathLike[str], input_names: Sequence[str]) -> dic
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
+            _check_npz_headers(path)
             with np.load(path, allow_pickle=False) as archive:
                 return {key: archive[key] for key in archive.files}
         if suffix == ".npy":
+            with open(path, "rb") as file:
+                _check_npy_header(file, str(path), path.stat().st_size, 0)
             array = np.load(path, allow_pickle=False)
             if len(input_names) != 1:
                 raise DataError(
@@ -243,3 +302,54 @@ def load_arrays(path: str | os.PathLike[str], input_names: Sequence[str]) -> dic
     raise InputFileError(
         f"{path} is neither .npz, .npy nor a test_data_set_N folder", "convert the data with numpy.savez"
     )
+
+
+def _check_npz_headers(path: Path) -> None:
+    """Check every array of an ``.npz`` as ``_check_npy_header`` does, and all of them together against
+    the memory."""
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                # NOTE: why counted: numpy hands back any other member as its bytes, all of them
+                total += info.file_size
+                check_fits_in_memory(total, f"loading {path}[{info.filename}]", "pass smaller data")
+                continue
+            with archive.open(info) as member:
+                name = f"{path}[{info.filename.removesuffix('.npy')}]"
+                total = _check_npy_header(member, name, info.file_size, total)
+
+
+def _check_npy_header(file: IO[bytes], name: str, size: int, before: int) -> int:
+    """Read the header of the ``.npy`` in ``file`` (``size`` bytes) and refuse an array that cannot be
+    loaded: more bytes than this machine's memory (with ``before`` bytes already loaded), or more than the
+    file holds. Returns ``before`` plus the array's bytes.
+
+    NOTE: why before numpy reads it: ``np.load`` allocates what the header declares before it reads the
+    data, so a corrupt or hostile header of a few bytes asks for terabytes (a MemoryError, or "array is too
+    big"); the header alone says how much is coming.
+    """
+    version = np.lib.format.read_magic(file)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(file)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(file)
+    else:
+        # NOTE: why not checked: numpy offers no public reader for later versions (3.0, utf-8 names);
+        # np.load reads them, and refuses what it cannot.
+        return before
+    nbytes = math.prod(shape) * dtype.itemsize
+    with_before = f", after {before:,} bytes of arrays before it" if before else ""
+    check_fits_in_memory(
+        before + nbytes,
+        f"loading {name} (an array of shape {tuple(shape)}, {dtype}{with_before})",
+        "the file is corrupt, or meant for a bigger machine: pass smaller data",
+    )
+    held = size - file.tell()
+    if nbytes > held and not dtype.hasobject:
+        raise DataError(
+            f"{name} declares an array of shape {tuple(shape)} ({dtype}, {nbytes:,} bytes) but holds "
+            f"{max(held, 0):,} bytes of data: it is truncated or corrupt",
+            "write it again with numpy.save / numpy.savez",
+        )
+    return before + nbytes

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -67,6 +70,72 @@ class InputSpec:
         return {"name": self.name, "shape": list(self.dims), "dtype": self.dtype}
 
 
+def memory_limit() -> int | None:
+    """Bytes of memory this process can have at most: physical memory, lowered by a cgroup or address-space
+    limit where one is set; ``None`` where none can be read.
+
+    NOTE: why the total and not what is free now: the check refuses what can never fit (a header or an
+    option asking for terabytes); what is free changes from second to second, and refusing on it would make
+    the same command pass or fail with the load of the machine.
+    """
+    limits: list[int] = []
+    with contextlib.suppress(AttributeError, ValueError, OSError):  # not on a POSIX system
+        limits.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    for cgroup in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(cgroup) as file:
+                text = file.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limits.append(int(text))
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY and soft > 0:
+            limits.append(soft)
+    except (ImportError, ValueError, OSError):  # pragma: no cover - not on a POSIX system
+        pass
+    positive = [limit for limit in limits if limit > 0]
+    return min(positive) if positive else None
+
+
+def check_fits_in_memory(nbytes: int, what: str, hint: str) -> None:
+    """Refuse to allocate ``nbytes`` when they exceed this machine's memory (see ``memory_limit``).
+
+    NOTE: why before allocating: numpy's MemoryError (or "array is too big") arrives only after the
+    attempt, as a bug-class failure, and an allocation just under the limit can push the machine into swap
+    or the OOM killer first; the arithmetic on the declared size is exact and costs nothing.
+
+    Args:
+        nbytes: the bytes the allocation would take.
+        what: what would be allocated, for the message (``"random data for input 'x' ..."``).
+        hint: what the user can change.
+
+    Raises:
+        DataError: naming ``what``, the bytes asked for and the memory there is.
+    """
+    limit = memory_limit()
+    if limit is not None and nbytes > limit:
+        raise DataError(
+            f"{what} needs {nbytes:,} bytes ({_human(nbytes)}), more than this machine's memory "
+            f"({limit:,} bytes, {_human(limit)})",
+            hint,
+        )
+
+
+def _human(nbytes: int) -> str:
+    if nbytes < 1024:
+        return f"{nbytes} bytes"
+    size = float(nbytes)
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        size /= 1024
+        if size < 1024 or unit == "PiB":
+            break
+    return f"{size:.1f} {unit}"
+
+
 def normalize_dtype(text: str) -> str:
     """``float`` -> ``float32`` and the like; raises ``DataError`` for unknown dtypes."""
     name = _ALIASES.get(text.strip().lower(), text.strip().lower())
@@ -126,14 +195,43 @@ def make_static(specs: Sequence[InputSpec], size: int = EXPORT_SYMBOLIC_SIZE) ->
     ]
 
 
+def check_random_inputs_fit(
+    specs: Sequence[InputSpec],
+    symbolic_size: int | Mapping[str, int] = EXPORT_SYMBOLIC_SIZE,
+    hint: str = "use smaller sizes (--input NAME:DIMS, --batch-sizes)",
+) -> None:
+    """Refuse, before anything is allocated, random data for ``specs`` that cannot fit in memory.
+
+    Raises:
+        DataError: naming the input, its shape and the bytes asked for.
+    """
+    needed = 0
+    for spec in specs:
+        shape = spec.shape(symbolic_size)
+        # NOTE: why the generator's width too: it draws float64 / int64 before the cast, so one input
+        # briefly takes its own bytes and 8 per element more
+        elements = math.prod(shape)
+        needed += elements * np.dtype(spec.dtype).itemsize
+        check_fits_in_memory(
+            needed + elements * 8,
+            f"generating random data for input {spec.name!r} of shape {shape} ({spec.dtype})",
+            hint,
+        )
+
+
 def random_inputs(
     specs: Sequence[InputSpec], symbolic_size: int = EXPORT_SYMBOLIC_SIZE, seed: int = DEFAULT_SEED
 ) -> dict[str, np.ndarray]:
-    """Seeded, reproducible data: standard normal floats, integers in ``[low, high)``, random bools."""
+    """Seeded, reproducible data: standard normal floats, integers in ``[low, high)``, random bools.
+
+    Raises:
+        DataError: the data would not fit in this machine's memory (checked before anything is allocated).
+    """
+    check_random_inputs_fit(specs, symbolic_size)
+    shapes = [spec.shape(symbolic_size) for spec in specs]
     rng = np.random.default_rng(seed)
     data: dict[str, np.ndarray] = {}
-    for spec in specs:
-        shape = spec.shape(symbolic_size)
+    for spec, shape in zip(specs, shapes, strict=True):
         kind = np.dtype(spec.dtype).kind
         if kind == "f":
             data[spec.name] = rng.standard_normal(shape).astype(spec.dtype)

@@ -6,7 +6,10 @@ is reported in the user's terms rather than as an onnxruntime status code.
 
 from __future__ import annotations
 
+import math
 import os
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,12 +62,26 @@ class TensorSpec:
 
 @dataclass
 class SessionOptions:
-    """How to build a session. ``threads=None`` means one intra-op thread per CPU this process may use."""
+    """How to build a session. ``threads=None`` means one intra-op thread per CPU this process may use.
+
+    ``timeout`` is how many seconds one inference (``RuntimeSession.run``) may take before it is stopped;
+    ``None``: no limit.
+    """
 
     provider: str = "auto"
     threads: int | None = None
     optimization: str = "all"
     optimized_model_path: str | None = None
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.timeout is not None and not (
+            math.isfinite(self.timeout) and 0 < self.timeout <= threading.TIMEOUT_MAX
+        ):
+            raise ConvkitError(
+                f"timeout {self.timeout} is not a number of seconds > 0",
+                f"give a finite number of seconds, at most {threading.TIMEOUT_MAX:.0f}",
+            )
 
 
 def available_providers() -> list[str]:
@@ -220,11 +237,25 @@ class RuntimeSession:
     def run(
         self, feeds: Mapping[str, Any], output_names: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
-        """Run the model; returns outputs by name, in the model's output order."""
+        """Run the model; returns outputs by name, in the model's output order.
+
+        The inference stops after ``options.timeout`` seconds, and on Ctrl-C or SIGTERM (see
+        ``run_stoppable``).
+
+        Raises:
+            DataError: the feeds do not fit the model's inputs.
+            ModelRunError: onnxruntime failed, or did not finish within the timeout.
+        """
         arrays = self.check_feeds(feeds)
         names = list(output_names) if output_names else [spec.name for spec in self.outputs]
         try:
-            values = self._session.run(names, arrays)
+            values = run_stoppable(self._session, names, arrays, self.options.timeout)
+        except InferenceTimeout as exc:
+            raise ModelRunError(
+                f"{self.model.path.name} did not finish within {exc.seconds:g} s in onnxruntime; stopped it",
+                "a Loop whose condition never turns false runs forever; if the model is just slow, "
+                "raise --timeout",
+            ) from None
         except Exception as exc:
             raise ModelRunError(
                 f"onnxruntime failed to run {self.model.path.name}: {_first_line(str(exc))}",
@@ -233,12 +264,93 @@ class RuntimeSession:
         return dict(zip(names, values, strict=True))
 
 
+_WAIT_SLICE = 0.25
+"""Seconds between two looks at a running inference (see ``run_stoppable``)."""
+
+
+class InferenceTimeout(Exception):
+    """``run_stoppable`` stopped an inference that ran past its timeout."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the inference did not finish within {seconds:g} s")
+        self.seconds = seconds
+
+
+def run_stoppable(
+    session: Any, names: Sequence[str] | None, feeds: Mapping[str, Any], timeout: float | None = None
+) -> list[Any]:
+    """``session.run(names, feeds)``, stopped after ``timeout`` seconds or when the caller is interrupted.
+
+    NOTE: why a helper thread runs the inference and this one waits: Python runs signal handlers in the
+    main thread only, between bytecodes, so a main thread inside ``session.run`` (a Loop that never ends)
+    ignores Ctrl-C and SIGTERM until onnxruntime returns, which it may never do. A waiting main thread
+    takes the signal at once; it then sets onnxruntime's ``RunOptions.terminate`` (checked between nodes and
+    Loop iterations), waits for the run to stop and lets the interrupt go on. The timeout is the same flag,
+    set when the wait runs out, so no timer thread is needed.
+
+    Args:
+        session: an ``onnxruntime.InferenceSession``.
+        names: the outputs to compute (``None``: all).
+        feeds: the inputs by name, already checked.
+        timeout: seconds before the run is stopped; ``None``: no limit.
+
+    Returns:
+        The outputs, as ``session.run`` returns them.
+
+    Raises:
+        InferenceTimeout: the run did not finish within ``timeout``.
+        Exception: whatever ``session.run`` raised.
+    """
+    import onnxruntime as ort
+
+    run_options = ort.RunOptions()
+    # NOTE: why silent: a failed run comes back as an exception that convkit reports in one line; the
+    # logger's copy of it would be a second, raw one on stderr
+    run_options.log_severity_level = 4
+    outcome: dict[str, Any] = {}
+    finished = threading.Event()
+
+    def work() -> None:
+        try:
+            outcome["values"] = session.run(names, feeds, run_options)
+        except BaseException as exc:  # handed to the waiting thread, which raises it
+            outcome["error"] = exc
+        finally:
+            finished.set()
+
+    threading.Thread(target=work, name="convkit-inference", daemon=True).start()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        # NOTE: why in slices: a signal the kernel hands to another thread does not wake this wait; each
+        # return to Python runs the handlers that are due
+        while not finished.is_set():
+            remaining = _WAIT_SLICE if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            finished.wait(min(_WAIT_SLICE, remaining))
+    except BaseException:
+        run_options.terminate = True
+        finished.wait()
+        raise
+    if not finished.is_set():
+        run_options.terminate = True
+        finished.wait()
+        if "values" not in outcome:
+            raise InferenceTimeout(timeout or 0.0)
+    if "error" in outcome:
+        raise outcome["error"]
+    return list(outcome["values"])
+
+
 def ort_session_options(options: SessionOptions) -> Any:
     """onnxruntime ``SessionOptions`` for ``options``: optimization level, threads, quiet logging."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    # NOTE: why fatal only: every error onnxruntime logs also comes back as the exception that convkit
+    # reports in one line; the logger's copy was a second, raw one on stderr (and a CUDA provider that
+    # fails to start is reported as a note)
+    so.log_severity_level = 4
     level = {
         "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -281,7 +393,13 @@ def _check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
 def _first_line(text: str) -> str:
     text = text.strip()
     line = text.splitlines()[0] if text else ""
-    return line.split(" : ", 2)[-1] if line.startswith("[ONNXRuntimeError]") else line
+    marker = "[ONNXRuntimeError] : "
+    if marker not in line:
+        return line
+    # NOTE: why the last marker: a load failure nests the status that caused it after a C++ location and
+    # signature ("Exception during initialization: .../initializer.cc:51 onnxruntime::Initializer(...)
+    # [ONNXRuntimeError] : 1 : FAIL : ..."); the innermost one says what is wrong with the model
+    return line.rsplit(marker, 1)[-1].split(" : ", 1)[-1]
 
 
 def _load_error(model: OnnxModel, exc: Exception) -> ConvkitError:

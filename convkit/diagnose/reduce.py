@@ -16,6 +16,8 @@ import numpy as np
 
 from convkit.core.artifacts import atomic_dir, write_test_data_set
 from convkit.core.compare import Tolerance
+from convkit.core.run import open_session
+from convkit.core.runtime import SessionOptions
 from convkit.diagnose.localize import Localization, localize, oracle_evaluator
 from convkit.errors import ConvkitError
 from convkit.graph.model import OnnxModel
@@ -43,6 +45,10 @@ def reduce_model(
     import onnx
     from onnx.utils import Extractor
 
+    # NOTE: why the feeds are checked first: the oracles (onnx's reference implementation above all) meet
+    # a wrong name, dtype or shape deep inside a kernel, as a bare ValueError or TypeError; onnxruntime's
+    # view of the inputs gives the message that names what the model takes.
+    open_session(model, SessionOptions(provider="cpu"), feeds).check_feeds(feeds)
     found = localize(model, feeds, oracle, tolerance)
     if found.first is None:
         raise NothingToReduceError(

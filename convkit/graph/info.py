@@ -46,7 +46,29 @@ def _dtype_name(elem_type: int) -> str:
 
     if elem_type == 0:
         return "undefined"
-    return str(onnx.helper.tensor_dtype_to_np_dtype(elem_type).name) if elem_type != 8 else "string"
+    if elem_type == onnx.TensorProto.STRING:
+        return "string"
+    numpy_dtype = _numpy_dtype(elem_type)
+    if numpy_dtype is not None:
+        return str(numpy_dtype.name)
+    # NOTE: why a name rather than an error: load_onnx refuses numbers ONNX does not define; one it defines
+    # that this onnx maps to no numpy type is still worth showing
+    return onnx.TensorProto.DataType.Name(elem_type).lower() if _defined(elem_type) else f"type {elem_type}"
+
+
+def _numpy_dtype(elem_type: int) -> Any:
+    import onnx
+
+    try:
+        return onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+    except KeyError:
+        return None
+
+
+def _defined(elem_type: int) -> bool:
+    import onnx
+
+    return elem_type in onnx.TensorProto.DataType.values()
 
 
 def _tensor_info(value: Any) -> TensorInfo:
@@ -90,10 +112,10 @@ def summarize(model: OnnxModel) -> ModelSummary:
     for tensor in graph.initializer:
         elements = math.prod(tensor.dims)
         count += elements
-        if tensor.data_type == onnx.TensorProto.STRING:
+        numpy_dtype = _numpy_dtype(tensor.data_type)
+        if tensor.data_type == onnx.TensorProto.STRING or numpy_dtype is None:
             continue
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-        nbytes += elements * itemsize
+        nbytes += elements * numpy_dtype.itemsize
     return ModelSummary(
         path=str(model.path),
         ir_version=int(proto.ir_version),

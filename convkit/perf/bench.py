@@ -173,15 +173,13 @@ def bench_model(
     NOTE: why the native side is optional: a front end offers its runners (eager, compiled) through an
     optional ``benchmark_runners(model, inputs)`` method; a front end without one is simply not a contender.
     """
-    from convkit.api import specs_from_session
     from convkit.core.inputs import random_inputs
     from convkit.core.runtime import usable_cpu_count
     from convkit.frontends import Benchmarkable, LoadOptions, resolve_source
     from convkit.graph.model import load_onnx
 
     model = load_onnx(path)
-    probe = RuntimeSession(model, SessionOptions(provider="cpu", threads=threads))
-    specs = specs_from_session(probe.inputs)
+    specs = _checked_specs(model, batch_sizes, threads)
     native = frontend = None
     if source is not None:
         frontend, preloaded = resolve_source(source, framework)
@@ -196,6 +194,7 @@ def bench_model(
                 f"FLOPs of {len(unknown)} node(s) unknown (shapes not inferred): {unknown[:3]}"
             )
         runners = onnxruntime_runners(model, feeds, threads)
+        _first_calls(runners, model, batch)
         if frontend is not None:
             if isinstance(frontend, Benchmarkable):
                 runners.update(frontend.benchmark_runners(native, feeds))
@@ -208,3 +207,50 @@ def bench_model(
         for name, seconds in times.items():
             report.timings.append(summarize(name, batch, seconds, flops, peak_gflops))
     return report
+
+
+def check_batch_sizes(path: str, batch_sizes: Sequence[int], threads: int | None = None) -> None:
+    """Refuse batch sizes whose inputs cannot fit in memory, before anything is measured.
+
+    NOTE: why the CLI calls this before ``bench_model``: the peak measurement and the framework's start
+    take seconds; a batch size that can never fit should fail first, in one line.
+
+    Raises:
+        DataError: naming the batch size and the bytes its inputs need.
+    """
+    from convkit.graph.model import load_onnx
+
+    _checked_specs(load_onnx(path), batch_sizes, threads)
+
+
+def _checked_specs(model: OnnxModel, batch_sizes: Sequence[int], threads: int | None) -> list[Any]:
+    """The model's input specs, with every batch size's inputs checked against the memory."""
+    from convkit.api import specs_from_session
+    from convkit.core.inputs import check_random_inputs_fit
+
+    probe = RuntimeSession(model, SessionOptions(provider="cpu", threads=threads))
+    specs = specs_from_session(probe.inputs)
+    for batch in batch_sizes:
+        check_random_inputs_fit(
+            specs, batch, f"batch size {batch} is too large here; pass smaller --batch-sizes"
+        )
+    return specs
+
+
+def _first_calls(runners: Mapping[str, Runner], model: OnnxModel, batch: int) -> None:
+    """Call each onnxruntime runner once, outside the timing, so that a failure is reported as one.
+
+    NOTE: why: onnxruntime can refuse a batch size the inputs fit (its intermediate tensors do not); met
+    inside the timing loop that was a bare onnxruntime exception.
+    """
+    from convkit.core.runtime import ModelRunError
+
+    for name, run in runners.items():
+        try:
+            run()
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelRunError(
+                f"{name} failed to run {model.path.name} at batch size {batch}: {first}",
+                "try smaller --batch-sizes",
+            ) from exc

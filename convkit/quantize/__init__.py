@@ -63,11 +63,29 @@ class QuantizeReport:
         return {**self.__dict__, "passed": self.passed, "speedup": self.speedup}
 
 
+def _checked_data(
+    session: RuntimeSession, path: str | os.PathLike[str], option: str
+) -> dict[str, np.ndarray]:
+    """The arrays in ``path``, checked against the model's inputs (names, dtypes, shapes).
+
+    NOTE: why before quantizing: onnxruntime's calibrator and quantizer meet a wrong key or shape deep
+    inside, as a bare ValueError; here the message names the file and the hint what the model takes.
+    """
+    arrays = load_arrays(path, session.model.input_names)
+    try:
+        session.check_feeds(arrays)
+    except DataError as exc:
+        raise DataError(f"{option} {path}: {exc.message}", exc.hint) from None
+    return arrays
+
+
 def _split(arrays: Mapping[str, np.ndarray], chunk: int) -> list[dict[str, np.ndarray]]:
     sizes = {np.shape(v)[0] for v in arrays.values() if np.ndim(v)}
     if len(sizes) != 1:
         raise DataError("calibration inputs must share their first (batch) dimension")
     total = sizes.pop()
+    if total == 0:
+        raise DataError("the calibration / evaluation data holds no samples (its batch dimension is 0)")
     return [{k: v[i : i + chunk] for k, v in arrays.items()} for i in range(0, total, chunk)]
 
 
@@ -275,9 +293,10 @@ def quantize_model(
         raise DataError(
             f"{mode} quantization is checked on data", "pass --calibration or --eval-data INPUTS.npz"
         )
-    eval_batches = _split(load_arrays(data_path, model.input_names), batch)
-    calib_batches = _split(load_arrays(calibration, model.input_names), batch) if calibration else []
     fp32 = RuntimeSession(model, SessionOptions(provider="cpu"))
+    option = "--eval-data" if evaluation is not None else "--calibration"
+    eval_batches = _split(_checked_data(fp32, data_path, option), batch)
+    calib_batches = _split(_checked_data(fp32, calibration, "--calibration"), batch) if calibration else []
     choices = {"on": [True], "off": [False], "auto": [False, True]}[per_channel]
     report: QuantizeReport | None = None
     with tempfile.TemporaryDirectory() as scratch, Quiet():
