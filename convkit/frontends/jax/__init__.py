@@ -42,8 +42,6 @@ class JaxFrontend:
     with jax2onnx."""
 
     name = "jax"
-    aliases: tuple[str, ...] = ("flax",)
-    extra = "jax"
 
     # ----------------------------------------------------------------------------------------------- setup
     def is_available(self) -> str | None:

@@ -45,8 +45,6 @@ class TensorFlowFrontend:
     SavedModel folders, exported with tf2onnx."""
 
     name = "tensorflow"
-    aliases = ("keras", "tf")
-    extra = "tensorflow"
 
     def is_available(self) -> str | None:
         """``None`` when TensorFlow, Keras (on its TensorFlow backend) and tf2onnx import, else why not."""

@@ -37,8 +37,6 @@ class TorchFrontend:
     TorchScript (``torch.jit.save``) files; whole pickled modules only with ``unsafe_pickle``."""
 
     name = "torch"
-    aliases: tuple[str, ...] = ("pytorch",)
-    extra = "torch"
 
     # ----------------------------------------------------------------------------------------------- setup
     def is_available(self) -> str | None:
