@@ -2,11 +2,8 @@
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 
-from conftest import ROOT, run_convkit
+from conftest import run_convkit
 
 
 def test_doctor_lists_every_front_end_with_versions():
@@ -22,7 +19,7 @@ def test_doctor_lists_every_front_end_with_versions():
             assert states[name]["versions"][module]
 
 
-def test_a_broken_install_is_blocked_and_a_missing_one_says_what_installs_it(tmp_path):
+def test_a_broken_install_is_blocked_and_a_missing_one_says_what_installs_it(tmp_path, monkeypatch):
     # a framework that fails at import with an error of its own, and one that is simply absent
     (tmp_path / "tensorflow").mkdir()
     (tmp_path / "tensorflow" / "__init__.py").write_text("raise RuntimeError('simulated broken install')\n")
@@ -30,30 +27,18 @@ def test_a_broken_install_is_blocked_and_a_missing_one_says_what_installs_it(tmp
     (tmp_path / "torch" / "__init__.py").write_text(
         "raise ModuleNotFoundError(\"No module named 'torch'\")\n"
     )
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    done = subprocess.run(
-        [sys.executable, "-m", "convkit", "doctor"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    # doctor probes each framework in an interpreter of its own, which reads PYTHONPATH when it starts
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    done = run_convkit("doctor", timeout=300)
     assert done.returncode == 1, done.stdout + done.stderr
     rows = {line.split()[0]: line for line in done.stdout.splitlines() if line.split()}
     assert "blocked" in rows["tensorflow"] and "simulated broken install" in rows["tensorflow"]
     assert "not installed" in rows["torch"] and "pip install 'convkit[torch]'" in rows["torch"]
 
 
-def test_a_framework_environment_not_created_says_how_to_create_it(tmp_path):
-    env = dict(os.environ, CONVKIT_ENVS=str(tmp_path / "no-envs"))
-    done = subprocess.run(
-        [sys.executable, "-m", "convkit", "doctor", "--json"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+def test_a_framework_environment_not_created_says_how_to_create_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVKIT_ENVS", str(tmp_path / "no-envs"))  # read when doctor runs, not at import
+    done = run_convkit("doctor", "--json")
     assert done.returncode == 0, done.stderr
     paddle = next(f for f in json.loads(done.stdout)["frameworks"] if f["framework"] == "paddle")
     assert paddle["status"] == "not installed" and paddle["install"] == "convkit env create paddle"

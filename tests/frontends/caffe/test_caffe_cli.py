@@ -12,9 +12,11 @@ import pytest
 from conftest import (
     FIXTURES,
     ROOT,
+    TESTCASES,
     assert_matrix_agrees_with_torch,
     assert_verify_fails,
     run_convkit,
+    run_convkit_process,
     tampered_copy,
     verify_report,
 )
@@ -37,7 +39,8 @@ CAFFEMODEL = NET.with_suffix(".caffemodel")
 def net(tmp_path_factory):
     """bn_residual exported from its prototxt (the caffemodel beside it), the framework inferred."""
     target = tmp_path_factory.mktemp("caffe_net") / "model.onnx"
-    done = run_convkit("export", str(NET), "-o", str(target))
+    # NOTE: why a fresh process: this framework's one end-to-end run of ``python -m convkit``.
+    done = run_convkit_process("export", str(NET), "-o", str(target))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "with caffe2onnx (opset 13)" in done.stdout and "PASS" in done.stdout
     return target
@@ -69,7 +72,7 @@ def test_factory_reference_cnn_export_and_verify(tmp_path):
     assert report["passed"] and [o["shape"][0] for o in report["outputs"]] == [1, 3]
     assert max(o["max_abs_diff"] for o in report["outputs"]) < 1e-5
     outputs = tmp_path / "out.npz"
-    case = FIXTURES / "testcases" / "reference_cnn" / "test_data_set_1"
+    case = TESTCASES / "reference_cnn" / "test_data_set_1"
     done = run_convkit("run", str(target), "--data", str(case), "-o", str(outputs))
     assert done.returncode == 0, done.stdout + done.stderr
     expected = numpy_helper.to_array(onnx.load_tensor(str(case / "output_0.pb")))

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from conftest import FIXTURES, ROOT
+from conftest import CANONICAL_WEIGHTS, FIXTURES, ROOT, TESTCASES
 
 from convkit import api
 from convkit.core.artifacts import list_test_data_sets, read_test_data_set
@@ -28,7 +28,7 @@ if _REASON is not None:
 pytestmark = pytest.mark.caffe
 
 NET = FIXTURES / "caffe" / "bn_residual.prototxt"
-CASE = FIXTURES / "testcases" / "reference_cnn"
+CASE = TESTCASES / "reference_cnn"
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_caffe_files_finds_the_pair_from_either_file_or_the_folder(tmp_path):
     shutil.copy(NET, lonely)
     assert caffe_files(lonely) == (lonely, None)
     assert caffe_files(tmp_path / "weights.npz") is None
-    assert not CaffeFrontend().claims_path(FIXTURES / "reference_cnn" / "weights.npz")
+    assert not CaffeFrontend().claims_path(CANONICAL_WEIGHTS)
 
 
 def test_missing_weights_are_caught_before_the_worker_starts(frontend, tmp_path):
@@ -95,7 +95,7 @@ def test_missing_weights_are_caught_before_the_worker_starts(frontend, tmp_path)
     with pytest.raises(InputFileError, match="no net.caffemodel beside it"):
         frontend.load(str(lonely), LoadOptions())
     with pytest.raises(InputFileError, match="is not a .caffemodel"):
-        frontend.load(str(NET), LoadOptions(weights=str(FIXTURES / "reference_cnn" / "weights.npz")))
+        frontend.load(str(NET), LoadOptions(weights=str(CANONICAL_WEIGHTS)))
 
 
 def test_export_names_weights_after_their_layers_at_opset_13(tmp_path):

@@ -10,11 +10,13 @@ import numpy as np
 import onnx
 import pytest
 from conftest import (
+    CANONICAL_WEIGHTS,
     FIXTURES,
     ROOT,
     assert_matrix_agrees_with_torch,
     assert_verify_fails,
     run_convkit,
+    run_convkit_process,
     tampered_copy,
     verify_report,
 )
@@ -31,8 +33,8 @@ MODELS = FIXTURES / "models" / "chainer_models.py"
 BROKEN = ROOT / "tests" / "frontends" / "chainer" / "broken_models.py"
 
 
-def _export(source: str, spec: str, target) -> None:
-    done = run_convkit("export", source, "--framework", "chainer", "--input", spec, "-o", str(target))
+def _export(source: str, spec: str, target, run=run_convkit) -> None:
+    done = run("export", source, "--framework", "chainer", "--input", spec, "-o", str(target))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "with onnx-chainer (opset 11)" in done.stdout and "PASS" in done.stdout
 
@@ -41,7 +43,8 @@ def _export(source: str, spec: str, target) -> None:
 def cnn(tmp_path_factory):
     """The reference CNN exported from its factory, with a dynamic batch."""
     target = tmp_path_factory.mktemp("chainer_cnn") / "model.onnx"
-    _export(f"{MODELS}:reference_cnn", "x:batch,1,28,28", target)
+    # NOTE: why a fresh process: this framework's one end-to-end run of ``python -m convkit``.
+    _export(f"{MODELS}:reference_cnn", "x:batch,1,28,28", target, run=run_convkit_process)
     return target
 
 
@@ -110,7 +113,7 @@ def test_train_one_epoch_writes_canonical_weights_that_load_in_caffe_mxnet_and_t
         (f"{BROKEN}:unsupported", (), "onnx-chainer 1.6.0 cannot export the Chainer function Erf"),
         (
             f"{MODELS}:bn_branches",
-            ("--weights", str(FIXTURES / "reference_cnn" / "weights.npz")),
+            ("--weights", str(CANONICAL_WEIGHTS)),
             "do not fit",
         ),
         (f"{MODELS}:bn_branches", ("--input", "image:batch,3,16,16"), "the model's inputs are x, not image"),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, ROOT
+from conftest import FIXTURES, ROOT, TESTCASES
 
 from convkit import api
 from convkit.core.artifacts import list_test_data_sets, read_test_data_set
@@ -41,7 +41,7 @@ def frontend():
 
 def test_reference_cnn_matches_the_stored_test_case(frontend):
     reference = frontend.reference_cnn(load_weights())
-    case = FIXTURES / "testcases" / "reference_cnn"
+    case = TESTCASES / "reference_cnn"
     model = load_onnx(case / "model.onnx")
     sets = [read_test_data_set(f, model.input_names, model.output_names) for f in list_test_data_sets(case)]
     # NOTE: why one run: each run is a worker start; both data sets go through Chainer in one batch
@@ -75,16 +75,18 @@ def test_weights_in_chainers_npz_format_load_by_their_link_paths(tmp_path):
     target = tmp_path / "model.onnx"
     options = LoadOptions(weights=str(SEED1_WEIGHTS))
     specs = [parse_input_spec("x:batch,3,16,16")]
-    summary = api.export_model(f"{MODELS}:bn_branches", target, "chainer", specs, load_options=options)
+    summary = api.export_model(
+        f"{MODELS}:bn_branches", target, framework="chainer", input_specs=specs, load_options=options
+    )
     assert summary.report.passed
     found = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(target)).graph.initializer}
     with np.load(SEED1_WEIGHTS) as archive:
         for key in ("conv/W", "bn/avg_mean", "bn/avg_var", "fc/b"):
             np.testing.assert_array_equal(found[key], archive[key])
-    report = api.verify_model(target, f"{MODELS}:bn_branches", "chainer", load_options=options)
+    report = api.verify_model(target, f"{MODELS}:bn_branches", framework="chainer", load_options=options)
     assert report.passed and [c.data_set for c in report.comparisons] == ["batch=1", "batch=3"]
     # the factory's own weights (seed 0) are another model: the export must not verify against it
-    assert not api.verify_model(target, f"{MODELS}:bn_branches", "chainer").passed
+    assert not api.verify_model(target, f"{MODELS}:bn_branches", framework="chainer").passed
 
 
 def test_weights_that_do_not_fit_name_every_misfit(frontend, tmp_path):
@@ -113,24 +115,28 @@ def test_two_inputs_two_outputs_in_forward_order(tmp_path):
     source = f"{MODELS}:two_inputs"
     target = tmp_path / "model.onnx"
     specs = [parse_input_spec("b:batch,8"), parse_input_spec("a:batch,8")]
-    summary = api.export_model(source, target, "chainer", specs)
+    summary = api.export_model(source, target, framework="chainer", input_specs=specs)
     assert summary.report.passed
     model = load_onnx(target)
     assert model.input_names == ["a", "b"] and model.output_names == ["output_0", "output_1"]
-    assert api.verify_model(target, source, "chainer").passed
+    assert api.verify_model(target, source, framework="chainer").passed
 
 
 def test_one_handle_is_one_model_even_when_the_factory_is_unseeded_and_lazy(frontend, tmp_path):
     """The reference run and the export happen in two worker processes; both must see the same weights,
     including those a lazy link makes at its first call."""
     source = f"{BROKEN}:unseeded"
-    summary = api.export_model(source, tmp_path / "model.onnx", "chainer", [parse_input_spec("x:batch,4")])
+    summary = api.export_model(
+        source, tmp_path / "model.onnx", framework="chainer", input_specs=[parse_input_spec("x:batch,4")]
+    )
     assert summary.report.passed
     handle = frontend.load(source, LoadOptions())
     x = np.random.default_rng(0).random((3, 4), dtype=np.float32)
     first = frontend.run(handle, {"x": x})[0]
     again = frontend.run(handle, {"x": x[:2]})[0]
-    np.testing.assert_array_equal(first[:2], again)
+    # NOTE: why not bit for bit: batch 3 and batch 2 may take other kernels (1.9e-9 seen under load);
+    # another seed would differ by far more
+    np.testing.assert_allclose(first[:2], again, rtol=1e-5, atol=1e-6)
 
 
 def test_worker_errors_map_to_convkit_errors(frontend, tmp_path):
@@ -143,14 +149,17 @@ def test_worker_errors_map_to_convkit_errors(frontend, tmp_path):
         frontend.run(mlp, {"a": np.zeros((1, 8), np.float32), "c": np.zeros((1, 8), np.float32)})
     with pytest.raises(ExportError, match="cannot export the Chainer function Erf"):
         api.export_model(
-            f"{BROKEN}:unsupported", tmp_path / "e.onnx", "chainer", [parse_input_spec("x:batch,4")]
+            f"{BROKEN}:unsupported",
+            tmp_path / "e.onnx",
+            framework="chainer",
+            input_specs=[parse_input_spec("x:batch,4")],
         )
     with pytest.raises(ExportError, match="writes opsets 7 to 11, not 17"):
         api.export_model(
             f"{MODELS}:two_inputs",
             tmp_path / "o.onnx",
-            "chainer",
-            [parse_input_spec("a:batch,8"), parse_input_spec("b:batch,8")],
+            framework="chainer",
+            input_specs=[parse_input_spec("a:batch,8"), parse_input_spec("b:batch,8")],
             export_options=ExportOptions(opset=17),
         )
     assert not list(Path(tmp_path).glob("*.onnx"))

@@ -1,5 +1,6 @@
-"""The JAX workflow as a user types it, in fresh processes: ``convkit export`` / ``verify`` of Flax NNX
-modules and a plain JAX function, a usage error, ``convkit train --framework jax`` and ``convkit matrix``."""
+"""The JAX workflow as a user types it: ``convkit export`` / ``verify`` of Flax NNX modules and a plain JAX
+function (the exports of the first test in fresh processes, the rest in this interpreter), a usage error,
+``convkit train --framework jax`` and ``convkit matrix``."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 import pytest
+from conftest import run_convkit
 from onnx import numpy_helper
 
 pytest.importorskip("jax")
@@ -64,10 +65,23 @@ class Convkit:
         return self.done
 
 
+class Later:
+    """A ``convkit ARGS`` command, run in this interpreter when its result is first read (``result()``)."""
+
+    def __init__(self, *args: str) -> None:
+        self.args = args
+        self.done: subprocess.CompletedProcess[str] | None = None
+
+    def result(self) -> subprocess.CompletedProcess[str]:
+        if self.done is None:
+            self.done = run_convkit(*self.args, timeout=300)
+        return self.done
+
+
 def side_by_side(*commands: list[str]) -> list[subprocess.CompletedProcess[str]]:
-    """Run independent ``convkit`` commands at once; their results in order."""
-    started = [Convkit(*args) for args in commands]
-    return [command.result() for command in started]
+    """Run independent ``convkit`` commands in this interpreter, one after the other; their results in
+    order."""
+    return [run_convkit(*args, timeout=300) for args in commands]
 
 
 def tamper(path: Path, width: int) -> None:
@@ -80,25 +94,21 @@ def tamper(path: Path, width: int) -> None:
     onnx.save(model, str(path))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def background(tmp_path_factory) -> Iterator[dict[str, Any]]:
-    """`convkit train --framework jax` and `convkit matrix --frameworks jax,torch`, started when this module
-    starts; the tests that read their results run last."""
+@pytest.fixture(scope="module")
+def background(tmp_path_factory) -> dict[str, Any]:
+    """`convkit train --framework jax` and `convkit matrix --frameworks jax,torch`, each run (in this
+    interpreter) when a test first reads its result."""
     folder = tmp_path_factory.mktemp("jax-background")
     started: dict[str, Any] = {"folder": folder, "weights": folder / "w.npz"}
-    started["train"] = Convkit(
+    started["train"] = Later(
         "train", "--framework", "jax", "--epochs", str(TRAIN_EPOCHS), "-o", str(started["weights"])
     )
     if HAS_TORCH:
-        started["matrix"] = Convkit(
+        started["matrix"] = Later(
             "matrix", "--frameworks", "jax,torch", "--out-dir", str(folder / "matrix"),
             "--json", str(folder / "matrix.json"),
         )  # fmt: skip
-    yield started
-    for key in ("train", "matrix"):
-        if key in started and started[key].process.poll() is None:
-            started[key].process.kill()
-            started[key].process.communicate()
+    return started
 
 
 SOURCES = {
@@ -110,8 +120,12 @@ SOURCES = {
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict[str, Any]:
-    """Every export of this module, run at once: the two NNX modules, the plain function (with and without
-    ``--framework jax``) and a factory that makes no model; name -> (model path, finished process)."""
+    """Every export of this module: the two NNX modules, the plain function (with and without ``--framework
+    jax``) and a factory that makes no model; name -> (model path, finished process).
+
+    NOTE: why the first three in fresh processes, side by side: the first test is this framework's end-to-end
+    run of ``python -m convkit``; the two usage errors run in this interpreter meanwhile.
+    """
     folder = tmp_path_factory.mktemp("jax-export")
     commands: dict[str, tuple[Path, list[str]]] = {}
     for name, (source, spec) in SOURCES.items():
@@ -126,8 +140,12 @@ def exported(tmp_path_factory) -> dict[str, Any]:
         wrong,
         ["export", f"{MODELS}:not_a_model", "-o", str(wrong), "--input", "x:batch,2", "--framework", "jax"],
     )
-    results = side_by_side(*(args for _, args in commands.values()))
-    return {name: (path, done) for (name, (path, _)), done in zip(commands.items(), results, strict=True)}
+    started = {name: Convkit(*commands[name][1]) for name in SOURCES}
+    results = {
+        name: run_convkit(*args, timeout=300) for name, (_, args) in commands.items() if name not in started
+    }
+    results.update({name: command.result() for name, command in started.items()})
+    return {name: (path, results[name]) for name, (path, _) in commands.items()}
 
 
 def test_export_nnx_modules_and_a_plain_function_quietly(exported):

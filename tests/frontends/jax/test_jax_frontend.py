@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from conftest import TESTCASES
 
 jax = pytest.importorskip("jax")
 pytest.importorskip("flax")
@@ -21,7 +22,7 @@ from flax import linen, nnx  # noqa: E402
 from convkit.core.artifacts import list_test_data_sets, read_test_data_set  # noqa: E402
 from convkit.core.inputs import InputSpec, random_inputs  # noqa: E402
 from convkit.core.runtime import RuntimeSession, SessionOptions  # noqa: E402
-from convkit.core.sources import framework_of, load_factory  # noqa: E402
+from convkit.core.sources import load_factory  # noqa: E402
 from convkit.errors import (  # noqa: E402
     DataError,
     ExportError,
@@ -29,7 +30,12 @@ from convkit.errors import (  # noqa: E402
     ModelLoadError,
     UnsupportedModelError,
 )
-from convkit.frontends import ExportOptions, LoadOptions, canonical_name  # noqa: E402
+from convkit.frontends import (  # noqa: E402
+    ExportOptions,
+    LoadOptions,
+    canonical_name,
+    framework_of,
+)
 from convkit.frontends.jax import DEFAULT_OPSET, JaxFrontend  # noqa: E402
 from convkit.graph.model import load_onnx  # noqa: E402
 from convkit.reference.cnn import SHAPES, load_digits, load_weights  # noqa: E402
@@ -38,7 +44,7 @@ pytestmark = pytest.mark.jax
 
 ROOT = Path(__file__).resolve().parents[3]
 MODELS = ROOT / "fixtures" / "models" / "jax_models.py"
-CASE = ROOT / "fixtures" / "testcases" / "reference_cnn"
+CASE = TESTCASES / "reference_cnn"
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +223,7 @@ def test_benchmark_runners_give_the_models_outputs(frontend):
 def test_reference_cnn_from_canonical_weights_exports_to_the_framework_free_testcase(frontend, tmp_path):
     """The front end's reference CNN (what `convkit matrix` and `convkit train` build) with the canonical
     weights, exported and run in onnxruntime on the stored NCHW inputs transposed to NHWC, gives the stored
-    outputs of fixtures/testcases/reference_cnn within 1e-5; so does JAX itself."""
+    outputs of convkit/reference/data/testcases/reference_cnn within 1e-5; so does JAX itself."""
     assert frontend.reference_layout == "NHWC"
     model = frontend.reference_cnn(load_weights())
     assert frontend.input_names(model) == ["x"]

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from conftest import ROOT, run_convkit
+from conftest import ROOT, run_convkit, run_convkit_process
 from onnx import numpy_helper
 
 from convkit.frontends import get_frontend
@@ -28,8 +28,8 @@ def _skip_unless_available(framework: str) -> None:
         pytest.skip(reason)
 
 
-def _export(source: str, framework: str, target, *extra: str) -> str:
-    done = run_convkit("export", source, "--framework", framework, *extra, "-o", str(target))
+def _export(source: str, framework: str, target, *extra: str, run=run_convkit) -> str:
+    done = run("export", source, "--framework", framework, *extra, "-o", str(target))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "PASS" in done.stdout, done.stdout
     return done.stdout
@@ -49,7 +49,11 @@ def exported(request, tmp_path_factory):
     target = tmp_path_factory.mktemp(framework) / "model.onnx"
     # both spellings: --framework keras-jax, and --framework keras --backend torch
     named = ("keras", "--backend", "torch") if framework == "keras-torch" else (framework,)
-    stdout = _export(f"{MODELS}:reference_cnn", named[0], target, *named[1:], "--input", "x:batch,28,28,1")
+    # NOTE: why a fresh process: this framework's one end-to-end run of ``python -m convkit``.
+    stdout = _export(
+        f"{MODELS}:reference_cnn", named[0], target, *named[1:], "--input", "x:batch,28,28,1",
+        run=run_convkit_process,
+    )  # fmt: skip
     return framework, target, stdout
 
 
@@ -121,6 +125,7 @@ def test_keras_file_exports_on_torch_with_declared_shapes(tmp_path):
         "import sys; sys.path.insert(0, sys.argv[2]); import keras_backend_models as m; "
         "m.reference_cnn().save(sys.argv[1])"
     )
+    # NOTE: why a fresh interpreter: Keras picks its backend (KERAS_BACKEND) once, when it is first imported.
     env = dict(os.environ, KERAS_BACKEND="jax", PYTHONWARNINGS="ignore", TF_CPP_MIN_LOG_LEVEL="3")
     subprocess.run(
         [sys.executable, "-c", script, str(saved), str(MODELS.parent)], check=True, env=env, timeout=300

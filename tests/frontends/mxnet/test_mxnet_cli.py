@@ -11,7 +11,7 @@ import time
 import numpy as np
 import onnx
 import pytest
-from conftest import ROOT, assert_verify_fails, run_convkit, tampered_copy, verify_report
+from conftest import ROOT, assert_verify_fails, run_convkit, run_convkit_process, tampered_copy, verify_report
 
 from convkit.frontends._worker.envs import env_python, unavailable_reason
 
@@ -25,8 +25,8 @@ MODELS = ROOT / "fixtures" / "models" / "mxnet_models.py"
 BROKEN = ROOT / "tests" / "frontends" / "mxnet" / "broken_models.py"
 
 
-def _export(source: str, spec: str, target, *extra: str) -> None:
-    done = run_convkit("export", source, "--framework", "mxnet", "--input", spec, "-o", str(target), *extra)
+def _export(source: str, spec: str, target, *extra: str, run=run_convkit) -> None:
+    done = run("export", source, "--framework", "mxnet", "--input", spec, "-o", str(target), *extra)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "with mx.onnx (opset 13)" in done.stdout and "PASS" in done.stdout
     assert done.stderr.strip() == ""  # MXNet's warnings stay in the quiet worker
@@ -36,7 +36,8 @@ def _export(source: str, spec: str, target, *extra: str) -> None:
 def cnn(tmp_path_factory):
     """The reference CNN exported from its factory, with a dynamic batch."""
     target = tmp_path_factory.mktemp("mxnet_cnn") / "model.onnx"
-    _export(f"{MODELS}:reference_cnn", "x:batch,1,28,28", target)
+    # NOTE: why a fresh process: this framework's one end-to-end run of ``python -m convkit``.
+    _export(f"{MODELS}:reference_cnn", "x:batch,1,28,28", target, run=run_convkit_process)
     return target
 
 

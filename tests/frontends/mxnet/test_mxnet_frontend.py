@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, ROOT
+from conftest import FIXTURES, ROOT, TESTCASES
 
 from convkit import api
 from convkit.core.artifacts import list_test_data_sets, read_test_data_set
@@ -57,7 +57,7 @@ def saved(reference, tmp_path):
 
 
 def test_reference_cnn_matches_the_stored_test_case(frontend, reference):
-    case = FIXTURES / "testcases" / "reference_cnn"
+    case = TESTCASES / "reference_cnn"
     model = load_onnx(case / "model.onnx")
     for folder in list_test_data_sets(case):
         inputs, expected = read_test_data_set(folder, model.input_names, model.output_names)
@@ -141,7 +141,7 @@ def test_two_inputs_two_outputs_in_forward_order(tmp_path):
     source = f"{MODELS}:two_inputs"
     target = tmp_path / "model.onnx"
     specs = [parse_input_spec("b:batch,8"), parse_input_spec("a:batch,8")]
-    summary = api.export_model(source, target, "mxnet", specs)
+    summary = api.export_model(source, target, framework="mxnet", input_specs=specs)
     assert summary.report.passed
     model = load_onnx(target)
     assert model.input_names == ["a", "b"] and model.output_names == ["output_0", "output_1"]
@@ -156,7 +156,9 @@ def test_one_handle_is_one_model_even_when_the_factory_is_unseeded(frontend):
         handle = frontend.load(f"{BROKEN}:{factory}", LoadOptions())
         first = frontend.run(handle, {"x": x})[0]
         again = frontend.run(handle, {"x": x[:2]})[0]
-        np.testing.assert_array_equal(first[:2], again)
+        # NOTE: why not bit for bit: batch 3 and batch 2 may take other kernels (1.9e-9 seen under load);
+        # another seed would differ by far more
+        np.testing.assert_allclose(first[:2], again, rtol=1e-5, atol=1e-6)
 
 
 def test_weights_npz_keyed_by_parameter_path(frontend, tmp_path):
@@ -197,7 +199,11 @@ def test_weights_saved_by_gluon_save_parameters(frontend, tmp_path):
 def test_opset_12_exports_too(tmp_path):
     source, spec = f"{MODELS}:residual_bn", [parse_input_spec("x:batch,3,16,16")]
     summary = api.export_model(
-        source, tmp_path / "m12.onnx", "mxnet", spec, export_options=ExportOptions(opset=12)
+        source,
+        tmp_path / "m12.onnx",
+        framework="mxnet",
+        input_specs=spec,
+        export_options=ExportOptions(opset=12),
     )
     assert summary.report.passed and summary.export.opset == 12
     assert load_onnx(tmp_path / "m12.onnx").proto.opset_import[0].version == 12

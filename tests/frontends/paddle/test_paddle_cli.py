@@ -14,6 +14,7 @@ from conftest import (
     assert_matrix_agrees_with_torch,
     assert_verify_fails,
     run_convkit,
+    run_convkit_process,
     tampered_copy,
     verify_report,
 )
@@ -30,8 +31,8 @@ MODELS = ROOT / "fixtures" / "models" / "paddle_models.py"
 BROKEN = ROOT / "tests" / "frontends" / "paddle" / "broken_models.py"
 
 
-def _export(source: str, spec: str, target) -> None:
-    done = run_convkit("export", source, "--framework", "paddle", "--input", spec, "-o", str(target))
+def _export(source: str, spec: str, target, run=run_convkit) -> None:
+    done = run("export", source, "--framework", "paddle", "--input", spec, "-o", str(target))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "with paddle2onnx" in done.stdout and "PASS" in done.stdout
 
@@ -40,7 +41,8 @@ def _export(source: str, spec: str, target) -> None:
 def cnn(tmp_path_factory):
     """The reference CNN exported from its factory, with a dynamic batch."""
     target = tmp_path_factory.mktemp("paddle_cnn") / "model.onnx"
-    _export(f"{MODELS}:reference_cnn", "x:batch,1,28,28", target)
+    # NOTE: why a fresh process: this framework's one end-to-end run of ``python -m convkit``.
+    _export(f"{MODELS}:reference_cnn", "x:batch,1,28,28", target, run=run_convkit_process)
     return target
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, ROOT, run_convkit
+from conftest import FIXTURES, ROOT, TESTCASES, run_convkit
 
 from convkit import api
 from convkit.core.artifacts import list_test_data_sets, read_test_data_set
@@ -44,7 +44,7 @@ def reference(frontend):
 
 
 def test_reference_cnn_matches_the_stored_test_case(frontend, reference):
-    case = FIXTURES / "testcases" / "reference_cnn"
+    case = TESTCASES / "reference_cnn"
     model = load_onnx(case / "model.onnx")
     for folder in list_test_data_sets(case):
         inputs, expected = read_test_data_set(folder, model.input_names, model.output_names)
@@ -101,11 +101,11 @@ def test_two_inputs_two_outputs_in_forward_order(tmp_path):
     source = f"{FIXTURES / 'models' / 'paddle_models.py'}:two_inputs"
     target = tmp_path / "model.onnx"
     specs = [parse_input_spec("b:batch,8"), parse_input_spec("a:batch,8")]
-    summary = api.export_model(source, target, "paddle", specs)
+    summary = api.export_model(source, target, framework="paddle", input_specs=specs)
     assert summary.report.passed
     model = load_onnx(target)
     assert model.input_names == ["a", "b"] and model.output_names == ["output_0", "output_1"]
-    assert api.verify_model(target, source, "paddle").passed
+    assert api.verify_model(target, source, framework="paddle").passed
 
 
 def test_verbose_shows_the_workers_output(tmp_path):
@@ -148,10 +148,14 @@ def test_a_legacy_pdmodel_folder_exports_and_verifies(tmp_path):
 def test_one_handle_is_one_model_even_when_the_factory_is_unseeded(frontend, tmp_path):
     """The reference run and the export happen in two worker processes; both must see the same weights."""
     source = f"{BROKEN}:unseeded"
-    summary = api.export_model(source, tmp_path / "model.onnx", "paddle", [parse_input_spec("input:batch,4")])
+    summary = api.export_model(
+        source, tmp_path / "model.onnx", framework="paddle", input_specs=[parse_input_spec("input:batch,4")]
+    )
     assert summary.report.passed
     handle = frontend.load(source, LoadOptions())
     x = np.random.default_rng(0).random((3, 4), dtype=np.float32)
     first = frontend.run(handle, {"input": x})[0]
     again = frontend.run(handle, {"input": x[:2]})[0]
-    np.testing.assert_array_equal(first[:2], again)
+    # NOTE: why not bit for bit: batch 3 and batch 2 may take other kernels (1.9e-9 seen under load);
+    # another seed would differ by far more
+    np.testing.assert_allclose(first[:2], again, rtol=1e-5, atol=1e-6)

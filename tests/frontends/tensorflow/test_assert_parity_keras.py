@@ -26,7 +26,9 @@ SOURCE = (
 def exported(tmp_path_factory):
     get_frontend("tensorflow")  # sets TensorFlow up quietly before the factory imports it
     target = tmp_path_factory.mktemp("keras_parity") / "model.onnx"
-    api.export_model(SOURCE, target, "tensorflow", [parse_input_spec("x:batch,28,28,1")])
+    api.export_model(
+        SOURCE, target, framework="tensorflow", input_specs=[parse_input_spec("x:batch,28,28,1")]
+    )
     return target
 
 

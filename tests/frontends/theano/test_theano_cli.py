@@ -10,7 +10,14 @@ import time
 import numpy as np
 import onnx
 import pytest
-from conftest import ROOT, assert_matrix_agrees_with_torch, assert_verify_fails, run_convkit, tampered_copy
+from conftest import (
+    ROOT,
+    assert_matrix_agrees_with_torch,
+    assert_verify_fails,
+    run_convkit,
+    run_convkit_process,
+    tampered_copy,
+)
 
 from convkit.frontends._worker.envs import unavailable_reason
 
@@ -32,8 +39,8 @@ def _inputs(specs: list[str]) -> list[str]:
     return [arg for spec in specs for arg in ("--input", spec)]
 
 
-def _export(factory: str, target) -> None:
-    done = run_convkit(
+def _export(factory: str, target, run=run_convkit) -> None:
+    done = run(
         "export", f"{MODELS}:{factory}", "--framework", "theano", *_inputs(SPECS[factory]), "-o", str(target)
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -44,7 +51,8 @@ def _export(factory: str, target) -> None:
 def cnn(tmp_path_factory):
     """The reference CNN exported from its factory, with a dynamic batch."""
     target = tmp_path_factory.mktemp("theano_cnn") / "model.onnx"
-    _export("reference_cnn", target)
+    # NOTE: why a fresh process: this framework's one end-to-end run of ``python -m convkit``.
+    _export("reference_cnn", target, run=run_convkit_process)
     return target
 
 

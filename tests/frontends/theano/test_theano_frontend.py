@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, ROOT
+from conftest import FIXTURES, ROOT, TESTCASES
 
 from convkit import api
 from convkit.core.artifacts import list_test_data_sets, read_test_data_set
@@ -39,7 +39,7 @@ def test_reference_cnn_matches_the_stored_test_case(frontend):
     assert frontend.input_names(reference) == ["x"]
     (spec,) = frontend.input_specs(reference)
     assert (spec.name, spec.dims, spec.dtype) == ("x", ["batch", 1, 28, 28], "float32")
-    case = FIXTURES / "testcases" / "reference_cnn"
+    case = TESTCASES / "reference_cnn"
     model = load_onnx(case / "model.onnx")
     folders = list_test_data_sets(case)
     assert len(folders) == 2
@@ -64,7 +64,7 @@ def test_two_inputs_two_outputs_in_graph_order(tmp_path):
     target = tmp_path / "model.onnx"
     source = f"{MODELS}:conv_two_heads"
     specs = [parse_input_spec("features:batch,5"), parse_input_spec("image:batch,2,10,10")]
-    summary = api.export_model(source, target, "theano", specs)
+    summary = api.export_model(source, target, framework="theano", input_specs=specs)
     assert summary.report.passed and summary.export.exporter == "convkit-pytensor"
     model = load_onnx(target)
     assert model.input_names == ["image", "features"] and model.output_names == ["output_0", "output_1"]
@@ -78,7 +78,9 @@ def test_many_rules_at_once_match_pytensor(tmp_path):
     """Elementwise math, integer division and modulo on negative numbers, switches, strided and reversed
     slices, gathers, reductions, argmax, softmax over two axes and a full convolution, each an output."""
     specs = [parse_input_spec("x:batch,6,5:float32:-2..2"), parse_input_spec("k:batch,4:int64:-20..20")]
-    summary = api.export_model(f"{OPS}:op_zoo", tmp_path / "model.onnx", "theano", specs)
+    summary = api.export_model(
+        f"{OPS}:op_zoo", tmp_path / "model.onnx", framework="theano", input_specs=specs
+    )
     assert summary.report.passed and len(summary.report.comparisons) == 9
     assert max(c.max_abs_diff for c in summary.report.comparisons) < 1e-5
     ops = {node.op_type for node in load_onnx(tmp_path / "model.onnx").proto.graph.node}
@@ -105,7 +107,12 @@ def test_worker_errors_map_to_convkit_errors(frontend, tmp_path):
             frontend.load(f"{BROKEN}:not_a_graph", LoadOptions()), {"x": np.zeros((1, 4), np.float32)}
         )
     with pytest.raises(ExportError, match=r"no rule for the PyTensor op SortOp.*broken_models.py:\d+"):
-        api.export_model(f"{BROKEN}:sorts", tmp_path / "m.onnx", "theano", [parse_input_spec("x:batch,4")])
+        api.export_model(
+            f"{BROKEN}:sorts",
+            tmp_path / "m.onnx",
+            framework="theano",
+            input_specs=[parse_input_spec("x:batch,4")],
+        )
     assert not (tmp_path / "m.onnx").exists()
     mlp = frontend.load(f"{BROKEN}:unseeded", LoadOptions())
     with pytest.raises(DataError, match="the model's inputs are input, not x"):
@@ -117,10 +124,14 @@ def test_worker_errors_map_to_convkit_errors(frontend, tmp_path):
 def test_one_handle_is_one_model_even_when_the_factory_is_unseeded(frontend, tmp_path):
     """The reference run and the export happen in two worker processes; both must see the same weights."""
     source = f"{BROKEN}:unseeded"
-    summary = api.export_model(source, tmp_path / "model.onnx", "theano", [parse_input_spec("input:batch,4")])
+    summary = api.export_model(
+        source, tmp_path / "model.onnx", framework="theano", input_specs=[parse_input_spec("input:batch,4")]
+    )
     assert summary.report.passed
     handle = frontend.load(source, LoadOptions())
     x = np.random.default_rng(0).random((3, 4), dtype=np.float32)
     first = frontend.run(handle, {"input": x})[0]
     again = frontend.run(handle, {"input": x[:2]})[0]
-    np.testing.assert_array_equal(first[:2], again)
+    # NOTE: why not bit for bit: batch 3 and batch 2 may take other kernels (1.9e-9 seen under load);
+    # another seed would differ by far more
+    np.testing.assert_allclose(first[:2], again, rtol=1e-5, atol=1e-6)

@@ -25,7 +25,7 @@ SOURCE = (
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     target = tmp_path_factory.mktemp("torch_parity") / "model.onnx"
-    api.export_model(SOURCE, target, "torch", [parse_input_spec("x:batch,1,28,28")])
+    api.export_model(SOURCE, target, framework="torch", input_specs=[parse_input_spec("x:batch,1,28,28")])
     return target
 
 

@@ -1,4 +1,5 @@
-"""The torch workflow as a user types it: ``convkit export`` / ``convkit verify`` in fresh processes."""
+"""The torch workflow as a user types it: ``convkit export`` / ``convkit verify``, in fresh processes for the
+first test (the installed script, end to end) and in this interpreter for the others."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import run_convkit
 from onnx import numpy_helper
 
 torch = pytest.importorskip("torch")
@@ -24,13 +26,24 @@ SOURCE = "fixtures/models/torch_models.py:reference_cnn"
 
 
 def convkit(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``convkit`` script (``python -m convkit`` where there is none) from the repo root."""
-    return side_by_side(list(args))[0]
+    """Run ``convkit ARGS`` from the repo root in this interpreter (``conftest.run_convkit``)."""
+    return run_convkit(*args, timeout=300)
 
 
 def side_by_side(*commands: list[str]) -> list[subprocess.CompletedProcess[str]]:
-    """Run several independent ``convkit`` commands at once (as :func:`convkit` does one); their results in
-    order.
+    """Run several independent ``convkit`` commands (in this interpreter, one after the other); their
+    results in order."""
+    return [convkit(*args) for args in commands]
+
+
+def convkit_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``convkit`` script (``python -m convkit`` where there is none) from the repo root."""
+    return processes_side_by_side(list(args))[0]
+
+
+def processes_side_by_side(*commands: list[str]) -> list[subprocess.CompletedProcess[str]]:
+    """Run several independent ``convkit`` commands at once, each in a fresh process (as
+    :func:`convkit_process` does one); their results in order.
 
     NOTE: why: each command spends most of its seconds starting (importing torch), so commands that do not
     depend on each other take little more together than one alone.
@@ -67,8 +80,9 @@ def tamper(path: Path) -> None:
 
 
 def test_export_then_verify_against_torch_then_catch_a_tampered_model(tmp_path):
+    # NOTE: why fresh processes: this framework's one end-to-end run of the installed script.
     out = tmp_path / "out" / "model.onnx"
-    exported = convkit("export", SOURCE, "-o", str(out), "--input", "x:batch,1,28,28")
+    exported = convkit_process("export", SOURCE, "-o", str(out), "--input", "x:batch,1,28,28")
     assert exported.returncode == 0, exported.stderr
     assert "with dynamo" in exported.stdout and "PASS" in exported.stdout
     assert "[torch.onnx]" not in exported.stdout + exported.stderr  # the exporter's progress lines
@@ -80,7 +94,7 @@ def test_export_then_verify_against_torch_then_catch_a_tampered_model(tmp_path):
     tampered = tmp_path / "tampered.onnx"
     shutil.copyfile(out, tampered)
     tamper(tampered)
-    verified, failed = side_by_side(
+    verified, failed = processes_side_by_side(
         ["verify", str(out), "--source", SOURCE, "--framework", "torch"],
         ["verify", str(tampered), "--source", SOURCE, "--framework", "torch"],
     )

@@ -10,7 +10,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import TESTCASES
 from onnx import numpy_helper
+
+from convkit.frontends import frontend_info
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
@@ -111,7 +114,7 @@ def test_fixture_specs_match_the_fixture_module():
 
 
 def test_reference_cnn_computes_the_bundled_framework_free_test_case(frontend):
-    case = ROOT / "fixtures" / "testcases" / "reference_cnn"
+    case = TESTCASES / "reference_cnn"
     model = factory("reference_cnn")
     for data_set in sorted(case.glob("test_data_set_*")):
         inputs, outputs = read_test_data_set(data_set, ["x"], ["probs"])
@@ -408,7 +411,8 @@ def test_versions_and_availability(frontend):
     versions = frontend.versions()
     assert versions["torch"] == torch.__version__
     assert "onnxscript" in versions
-    assert (frontend.name, frontend.aliases, frontend.extra) == ("torch", ("pytorch",), "torch")
+    info = frontend_info(frontend.name)  # the registry holds the framework's identity
+    assert (frontend.name, info.aliases, info.extra) == ("torch", ("pytorch",), "torch")
 
 
 def test_run_puts_the_model_in_eval_mode_and_needs_no_gradients(frontend):

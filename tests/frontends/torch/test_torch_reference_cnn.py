@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import TESTCASES, run_convkit
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
@@ -34,7 +32,7 @@ from convkit.reference.cnn import SHAPES, load_digits, load_weights  # noqa: E40
 pytestmark = pytest.mark.torch
 
 ROOT = Path(__file__).resolve().parents[3]
-CASE = ROOT / "fixtures" / "testcases" / "reference_cnn"
+CASE = TESTCASES / "reference_cnn"
 SPEC = InputSpec("x", ["batch", 1, 28, 28], "float32")
 TRAIN_EPOCHS = 2
 HAS_TENSORFLOW = all(importlib.util.find_spec(p) is not None for p in ("tensorflow", "keras", "tf2onnx"))
@@ -50,8 +48,8 @@ def frontend() -> TorchFrontend:
 
 def test_reference_cnn_from_canonical_weights_exports_to_the_framework_free_testcase(frontend, tmp_path):
     """The front end's reference CNN (what `convkit matrix` and `convkit train` build) with the canonical
-    weights, exported and run in onnxruntime, gives the stored outputs of fixtures/testcases/reference_cnn
-    within 1e-5; so does torch itself."""
+    weights, exported and run in onnxruntime, gives the stored outputs of the reference_cnn test
+    case within 1e-5; so does torch itself."""
     assert frontend.reference_layout == "NCHW"
     model = frontend.reference_cnn(load_weights())
     assert not model.training
@@ -115,42 +113,29 @@ def test_training_on_a_subset_is_sane_and_seeded(frontend):
 
 # ------------------------------------------------------------------ trained in torch, checked everywhere
 class Background:
-    """A ``python -m convkit ARGS`` process started now and collected later (``result()``)."""
+    """A ``convkit ARGS`` command, run in this interpreter when its result is first read (``result()``)."""
 
     def __init__(self, *args: str) -> None:
-        env = dict(os.environ, PYTHONWARNINGS="ignore")
-        self.command = [sys.executable, "-m", "convkit", *args]
-        self.process = subprocess.Popen(
-            self.command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        self.args = args
         self.done: subprocess.CompletedProcess[str] | None = None
 
     def result(self) -> subprocess.CompletedProcess[str]:
         if self.done is None:
-            stdout, stderr = self.process.communicate(timeout=300)
-            self.done = subprocess.CompletedProcess(self.command, self.process.returncode, stdout, stderr)
+            self.done = run_convkit(*self.args, cwd=ROOT, timeout=300)
         return self.done
 
 
-@pytest.fixture(scope="module", autouse=True)
-def commands(tmp_path_factory) -> Iterator[dict[str, Any]]:
-    """`convkit train --framework torch` started when this module starts, and `convkit matrix --frameworks
-    torch,tensorflow` on its weights once it is done (``matrix``, started by ``trained``).
-
-    NOTE: why in the background: each command spends seconds importing frameworks; the tests before the
-    ones that read their results run meanwhile.
-    """
+@pytest.fixture(scope="module")
+def commands(tmp_path_factory) -> dict[str, Any]:
+    """`convkit train --framework torch`, and `convkit matrix --frameworks torch,tensorflow` on its weights
+    once it is done (``matrix``, added by ``trained``); each runs when a test first reads its result."""
     folder = tmp_path_factory.mktemp("trained")
     weights = folder / "w.npz"
     started: dict[str, Any] = {"folder": folder, "weights": weights}
     started["train"] = Background(
         "train", "--framework", "torch", "--epochs", str(TRAIN_EPOCHS), "-o", str(weights)
     )
-    yield started
-    for key in ("train", "matrix"):
-        if key in started and started[key].process.poll() is None:
-            started[key].process.kill()
-            started[key].process.communicate()
+    return started
 
 
 @pytest.fixture(scope="module")
