@@ -33,6 +33,15 @@ TESTCASES = ROOT / "convkit" / "reference" / "data" / "testcases"
 CANONICAL_WEIGHTS = ROOT / "convkit" / "reference" / "data" / "weights.npz"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One marker per front-end folder (``pytest.mark.torch``, ``pytest.mark.keras_backend``), from the
+    registry: a new framework's tests get theirs from its registry entry."""
+    from convkit.frontends import REGISTRY
+
+    for folder in sorted({info.entry.split(":")[0].split(".")[2] for info in REGISTRY}):
+        config.addinivalue_line("markers", f"{folder}: needs the {folder} front end's framework")
+
+
 def run_convkit(
     *args: str, cwd: Path | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:

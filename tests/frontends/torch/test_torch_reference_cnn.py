@@ -88,8 +88,8 @@ def test_training_on_a_subset_is_sane_and_seeded(frontend):
     data = (x_train[:400], y_train[:400], x_test[:200], y_test[:200])
     seen: list[tuple[int, int, dict[str, float]]] = []
     threads = torch.get_num_threads()
-    # NOTE: why one thread: `convkit train` runs in the background meanwhile (``commands``); two thread pools
-    # spinning on two cores slow each other severalfold. The loop never uses more than torch is set to.
+    # NOTE: why one thread: the assertions below hold the loop to the thread count it was given (it never
+    # uses more than torch is set to), and one thread keeps this test's time the same on any machine.
     torch.set_num_threads(1)
     try:
         weights = frontend.train_reference_cnn(data, 2, 7, lambda e, n, m: seen.append((e, n, m)))
