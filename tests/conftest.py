@@ -33,6 +33,18 @@ TESTCASES = ROOT / "convkit" / "reference" / "data" / "testcases"
 CANONICAL_WEIGHTS = ROOT / "convkit" / "reference" / "data" / "weights.npz"
 
 
+def tree_digest(folder: Path) -> dict[str, str]:
+    """Every file below ``folder`` with its sha256: the whole state a command could have touched (compare
+    before and after to prove that a refused command changed nothing)."""
+    import hashlib
+
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """One marker per front-end folder (``pytest.mark.torch``, ``pytest.mark.keras_backend``), from the
     registry: a new framework's tests get theirs from its registry entry."""

@@ -5,9 +5,9 @@ byte-identical afterwards and nothing is left behind."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
+import shutil
 import signal
 import threading
 import time
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, TESTCASES, run_convkit
+from conftest import FIXTURES, TESTCASES, run_convkit, tree_digest
 
 TORCH_SOURCE = f"{FIXTURES / 'models' / 'torch_models.py'}:reference_cnn"
 needs_torch = [
@@ -24,31 +24,17 @@ needs_torch = [
 ]
 
 
-def _digest(folder: Path) -> dict[str, str]:
-    """Every file below ``folder`` with its sha256: the whole state a command could have touched."""
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
-
-
 @pytest.fixture
 def work(tmp_path: Path) -> Path:
     """A copy of the reference CNN's test case, as ``case/``."""
-    case = tmp_path / "case"
-    for file in (TESTCASES / "reference_cnn").rglob("*"):
-        if file.is_file():
-            target = case / file.relative_to(TESTCASES / "reference_cnn")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(file.read_bytes())
+    shutil.copytree(TESTCASES / "reference_cnn", tmp_path / "case")
     return tmp_path
 
 
 def _refused(work: Path, *args: str, says: str, stage: str | None = None) -> str:
     """``convkit ARGS`` in ``work`` exits 2 with one to three lines, the first an ``error:`` that holds
     ``says``, and leaves every file as it was; returns stderr."""
-    before = _digest(work)
+    before = tree_digest(work)
     done = run_convkit(*args, cwd=work, timeout=300)
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
@@ -56,7 +42,7 @@ def _refused(work: Path, *args: str, says: str, stage: str | None = None) -> str
     assert lines[0].startswith("error: ") and says in lines[0], done.stderr
     if stage is not None:
         assert f"[stage: {stage}]" in lines[0], done.stderr
-    assert _digest(work) == before
+    assert tree_digest(work) == before
     return done.stderr
 
 
@@ -128,10 +114,10 @@ def _external_input(case: Path, location: str, write_to: Path | None) -> None:
 def test_test_data_stored_as_external_data_is_read_beside_its_pb_and_nowhere_else(work):
     case = work / "case"
     _external_input(case, "x.bin", case / "test_data_set_0" / "x.bin")
-    before = _digest(work)
+    before = tree_digest(work)
     done = run_convkit("verify", "case", cwd=work)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert _digest(work) == before
+    assert tree_digest(work) == before
     # never relative to the current directory: the file sits in the cwd, not beside the .pb
     _external_input(case, "beside_cwd.bin", work / "beside_cwd.bin")
     _refused(work, "verify", "case", says="is missing")
@@ -267,7 +253,7 @@ def test_a_signal_stops_a_model_that_never_finishes(tmp_path, command, signum):
         "run": ["run", "endless/model.onnx", "--data", "endless/test_data_set_0", "-o", "out.npz"],
         "verify": ["verify", "endless"],
     }[command]
-    before = _digest(tmp_path)
+    before = tree_digest(tmp_path)
     running = threading.Event()
     running.set()
 
@@ -294,7 +280,7 @@ def test_a_signal_stops_a_model_that_never_finishes(tmp_path, command, signum):
     assert done.returncode == 130, done.stdout + done.stderr
     assert "interrupted" in done.stderr and "Traceback" not in done.stderr
     assert time.monotonic() - started < 60
-    assert _digest(tmp_path) == before
+    assert tree_digest(tmp_path) == before
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "0", "-1", "1e300"])

@@ -3,32 +3,18 @@ every input is byte-identical afterwards and nothing is left behind."""
 
 from __future__ import annotations
 
-import hashlib
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TESTCASES, run_convkit
-
-
-def _digest(folder: Path) -> dict[str, str]:
-    """Every file below ``folder`` with its sha256: the whole state a command could have touched."""
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
+from conftest import TESTCASES, run_convkit, tree_digest
 
 
 @pytest.fixture
 def work(tmp_path: Path) -> Path:
     """A test case (model + data sets), a data file and a factory source, all copies the test may lose."""
-    case = tmp_path / "case"
-    for file in (TESTCASES / "reference_cnn").rglob("*"):
-        if file.is_file():
-            target = case / file.relative_to(TESTCASES / "reference_cnn")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(file.read_bytes())
+    shutil.copytree(TESTCASES / "reference_cnn", tmp_path / "case")
     x = np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)
     np.savez(tmp_path / "data.npz", x=x)
     (tmp_path / "notes.txt").write_text("a file, not a folder\n")
@@ -38,13 +24,13 @@ def work(tmp_path: Path) -> Path:
 
 
 def _refused(work: Path, *args: str, says: str) -> None:
-    before = _digest(work)
+    before = tree_digest(work)
     done = run_convkit(*args, cwd=work)
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert 1 <= len(lines) <= 3 and "Traceback" not in done.stderr, done.stderr
     assert lines[0].startswith("error: ") and says in lines[0], lines[0]
-    assert _digest(work) == before
+    assert tree_digest(work) == before
 
 
 @pytest.mark.parametrize(
