@@ -24,8 +24,6 @@ from convkit.errors import ConvkitError
 from convkit.frontends import FRONTENDS, PLANNED, HasReferenceCNN, get_frontend
 from convkit.reference.cnn import CANONICAL_WEIGHTS, load_digits, load_weights
 
-STATUSES = ("pass", "fail", "unavailable", "error")
-
 
 @dataclass
 class FrameworkResult:

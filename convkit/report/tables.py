@@ -16,8 +16,7 @@ if TYPE_CHECKING:
     from convkit.perf.bench import BenchReport
     from convkit.reference.matrix import MatrixReport
 
-# NOTE: why a copy of the matrix's statuses (``convkit.reference.matrix.STATUSES``): report/ never imports
-# the reference models at run time; this is the order the matrix's last line counts them in.
+# The statuses of a matrix row (``FrameworkResult.status``), in the order its last line counts them.
 MATRIX_STATUS_ORDER = ("pass", "fail", "unavailable", "error")
 
 
