@@ -149,14 +149,23 @@ def tidy(model: Any, net: Any, specs: Sequence[Mapping[str, Any]], opset: int) -
 
 def _fix_batch_reshapes(graph: Any, initializers: Mapping[str, Any], net: Any) -> None:
     """Let Reshape keep the batch: caffe2onnx writes the shape InnerProduct and Flatten flatten to with the
-    declared batch (``[1, 1600]``); a leading entry equal to it becomes 0 (copy the input's dim).
+    batch it converted at (``[1, 1600]``); a leading entry equal to it becomes 0 (copy the input's dim).
 
     NOTE: why: Caffe reshapes a net to any batch (OpenCV does too); the exported model must take a dynamic
     batch like every other front end's.
+
+    NOTE: why the batch of the graph's inputs and not the prototxt's: ``convert`` declares the inputs at the
+    shapes it converts at (a batch of one unless ``--input`` fixes it); a deploy net declaring ``dim: 64``
+    still gets ``[1, 800]`` written, which the prototxt's 64 would leave in place.
     """
     from onnx import numpy_helper
 
-    batches = {dims[0] for _, dims in net.inputs if dims}
+    tops = {name for name, _ in net.inputs}
+    batches = {
+        int(value.type.tensor_type.shape.dim[0].dim_value)
+        for value in graph.input
+        if value.name in tops and value.type.tensor_type.shape.dim
+    }
     for node in graph.node:
         if node.op_type != "Reshape" or node.input[1] not in initializers:
             continue

@@ -1,9 +1,10 @@
 """The MXNet worker's export: a loaded model converted to ONNX by mx.onnx at a pinned opset (a block traced
 to a symbol first), and the fixes convkit applies to mx.onnx's output (the training label it cannot skip,
-the inputs and initializers it leaves over, the dims and shapes it leaves out).
+the inputs and initializers it leaves over, the dims and shapes it leaves out, the stacked RNNs it
+converts wrong, split by ``rnn.py``).
 
 Runs in the MXNet environment only: it imports mxnet, numpy and onnx (inside functions), never convkit; the
-worker loads it by path, and it loads ``load.py`` the same way.
+worker loads it by path, and it loads ``load.py`` and ``rnn.py`` the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import convkit_worker_protocol as protocol
 
 mx_load = protocol.load_sibling("load")
+mx_rnn = protocol.load_sibling("rnn")
 WorkerFailure = protocol.WorkerFailure
 
 # NOTE: why 13 and only 12 and 13: mx.onnx has translations for opsets 12 and 13 only, yet stamps the
@@ -85,6 +87,9 @@ def convert(
     if verbose:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[mx.onnx] %(message)s")
     symbol, labels = _without_training_label(symbol, params, example, [spec["name"] for spec in specs])
+    known = {name: tuple(value.shape) for name, value in params.items()}
+    known.update({spec["name"]: tuple(example[spec["name"]].shape) for spec in specs}, **labels)
+    symbol = mx_rnn.split_stacked_rnns(symbol, known)
     used = set(symbol.list_inputs())
     weights = {name: value for name, value in params.items() if name in used}
     by_name = {spec["name"]: spec for spec in specs}

@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 # NOTE: why module-level imports: this file runs only in the Theano environment, never in the core.
@@ -615,8 +618,11 @@ def _handlers() -> dict[type, Callable[[Graph, Any], list[str]]]:
     import pytensor.tensor.math as tm
     import pytensor.tensor.special as ts
     import pytensor.tensor.subtensor as tsub
+    from pytensor.scan.op import Scan
 
     tshape = importlib.import_module("pytensor.tensor.shape")
+    scan = _sibling("scan")
+    this = sys.modules[__name__]
 
     return {
         te.Elemwise: elemwise,
@@ -643,7 +649,27 @@ def _handlers() -> dict[type, Callable[[Graph, Any], list[str]]]:
         raise_op.CheckAndRaise: identity,
         compile_ops.DeepCopyOp: identity,
         compile_ops.ViewOp: identity,
+        Scan: functools.partial(scan.convert_scan, converter=this),
+        tb.AllocEmpty: functools.partial(scan.alloc_empty, converter=this),
+        tsub.IncSubtensor: functools.partial(scan.inc_subtensor, converter=this),
     }
+
+
+def _sibling(name: str) -> Any:
+    """The module ``<name>.py`` beside this file, loaded by path once (as the worker loads its siblings).
+
+    NOTE: why by path and handed this module: the environment has no convkit package to import from, and
+    the sibling (``scan.py``: a Scan's body is converted with this file's handlers) must not load a second
+    copy of this file.
+    """
+    module_name = f"convkit_worker_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, Path(__file__).with_name(f"{name}.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
 
 
 @functools.cache
