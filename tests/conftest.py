@@ -26,6 +26,13 @@ from typing import IO
 
 import pytest
 
+# the suite checks stderr exactly; tests/cli/test_progress.py checks the progress lines themselves
+os.environ.setdefault("CONVKIT_PROGRESS", "off")
+# NOTE: why: a shell starts background jobs with SIGINT ignored, and every child inherits that; the interrupt
+# tests press Ctrl-C (SIGINT) as in a terminal, so the suite gives itself and its children the default
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 # the package's own data: the framework-free test cases and the canonical weights (convkit/reference/data)

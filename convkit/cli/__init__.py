@@ -21,6 +21,7 @@ import click
 from convkit import __version__
 from convkit.cli.compare_command import compare
 from convkit.cli.framework_commands import demo, doctor, env, matrix, train
+from convkit.cli.migrate_command import migrate
 from convkit.cli.model_commands import export, inspect, run, verify
 from convkit.cli.tool_commands import bench, quantize, reduce
 from convkit.errors import EXIT_USAGE, ConvkitError
@@ -31,13 +32,39 @@ EXIT_INTERNAL = 3
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="convkit")
 @click.option("--debug", is_flag=True, help="show tracebacks for errors.")
+@click.option("--quiet", "-q", is_flag=True, help="no progress on stderr (errors are still shown).")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
     """Export models to ONNX, prove they compute the same thing, run them with onnxruntime.
 
     Exit codes: 0 success / parity holds, 1 parity fails, 2 usage or input error, 3 internal error.
     """
-    ctx.obj = {"debug": debug}
+    ctx.obj = {"debug": debug, "quiet": quiet}
+    if ctx.invoked_subcommand in PROGRESS_COMMANDS:
+        from convkit.progress import reporting
+
+        # NOTE: why here, once: every long command gets the same reporter, closed (its line erased) when
+        # the command ends, before main() prints an error
+        ctx.with_resource(reporting(quiet))
+
+
+# The commands that can run long enough to need progress on stderr, and
+# ``compare`` for its clock: the JUnit file's times come from it (``convkit.progress.command_seconds``).
+PROGRESS_COMMANDS = frozenset(
+    {
+        "export",
+        "verify",
+        "compare",
+        "bench",
+        "quantize",
+        "reduce",
+        "migrate",
+        "train",
+        "matrix",
+        "demo",
+        "doctor",
+    }
+)
 
 
 # NOTE: why the commands are plain click commands added here rather than ``@cli.command()`` in their modules:
@@ -51,6 +78,7 @@ for _command in (
     bench,
     quantize,
     reduce,
+    migrate,
     train,
     matrix,
     demo,
@@ -68,10 +96,11 @@ def main(argv: list[str] | None = None) -> None:
     """
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
-    if debug:
-        # NOTE: why: users add --debug at the end of the line they just ran; click knows it only before the
-        # command, so it is taken out here and given back in its place
-        args = ["--debug", *(arg for arg in args if arg != "--debug")]
+    # NOTE: why: users add --debug (or --quiet) at the end of the line they just ran; click knows them only
+    # before the command, so they are taken out here and given back in their place
+    for flag, names in (("--debug", ("--debug",)), ("--quiet", ("--quiet", "-q"))):
+        if any(arg in names for arg in args):
+            args = [flag, *(arg for arg in args if arg not in names)]
     try:
         with _sigterm_interrupts():
             cli.main(args=args, prog_name="convkit", standalone_mode=False)

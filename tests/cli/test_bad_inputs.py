@@ -259,8 +259,9 @@ def test_a_signal_stops_a_model_that_never_finishes(tmp_path, command, signum):
 
     def interrupt() -> None:
         # NOTE: why wait for convkit's own SIGTERM handler: a signal sent before the command started (a slow
-        # machine) or after it ended would hit pytest itself; between the two, convkit handles both signals
-        deadline = time.monotonic() + 60
+        # machine) or after it ended would hit pytest itself; between the two, convkit handles both signals.
+        # The wait is long: starting the command on a loaded 2-core machine can take a minute.
+        deadline = time.monotonic() + 240
         while running.is_set() and "_sigterm_interrupts" not in str(signal.getsignal(signal.SIGTERM)):
             if time.monotonic() > deadline:
                 return
@@ -271,15 +272,15 @@ def test_a_signal_stops_a_model_that_never_finishes(tmp_path, command, signum):
 
     timer = threading.Timer(0.0, interrupt)
     timer.start()
-    started = time.monotonic()
     try:
-        done = run_convkit(*args, "--timeout", "120", cwd=tmp_path, timeout=300)
+        # NOTE: why no clock check: exit 130 (not 2, "did not finish within 120 s") is the proof that the
+        # signal, not the timeout, stopped the inference
+        done = run_convkit(*args, "--timeout", "120", cwd=tmp_path, timeout=400)
     finally:
         running.clear()
         timer.cancel()
     assert done.returncode == 130, done.stdout + done.stderr
     assert "interrupted" in done.stderr and "Traceback" not in done.stderr
-    assert time.monotonic() - started < 60
     assert tree_digest(tmp_path) == before
 
 
