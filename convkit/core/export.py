@@ -25,6 +25,7 @@ from convkit.core.inputs import (
     check_names,
     make_static,
     random_inputs,
+    settle_dynamic_dims,
     specs_from_arrays,
 )
 from convkit.core.manifest import folder_digest, test_data_folder, write_manifest
@@ -38,6 +39,7 @@ from convkit.frontends import (
     resolve_source,
 )
 from convkit.graph.model import OnnxModel, load_onnx
+from convkit.progress import step
 
 
 @dataclass
@@ -60,6 +62,9 @@ def _export_specs(
     feeds: Mapping[str, np.ndarray] | None,
     static: bool,
 ) -> list[InputSpec]:
+    """The specs to export with: ``--input`` as written (it overrides ``--data`` and ``--static``); else the
+    data's shapes, the batch dynamic and every other axis dynamic where the model allows it (``--static``:
+    all fixed); else the shapes the model declares (``--static``: fixed at the export size)."""
     names = frontend.input_names(native)
     if input_specs:
         specs = list(input_specs)
@@ -67,24 +72,22 @@ def _export_specs(
             check_names([s.name for s in specs], names, "--input")
             order = {name: k for k, name in enumerate(names)}
             specs.sort(key=lambda s: order[s.name])
-    elif feeds is not None:
+        # NOTE: why --static does not touch them: a symbol in --input is the user saying "dynamic here"
+        return specs
+    if feeds is not None:
         if names is not None:
             check_names(list(feeds), names, "the --data")
             feeds = {name: feeds[name] for name in names}
-        specs = specs_from_arrays(feeds, dynamic_batch=not static)
-    else:
-        declared = frontend.input_specs(native)
-        if declared is None:
-            listing = f" ({', '.join(names)})" if names else ""
-            example = (
-                " ".join(f"--input {n}:batch,..." for n in names) if names else "--input x:batch,3,224,224"
-            )
-            raise DataError(
-                f"the model does not declare its input shapes{listing}",
-                f"give them with --input NAME:DIMS[:DTYPE] (e.g. {example}) or --data FILE.npz",
-            )
-        specs = declared
-    return make_static(specs) if static else specs
+        return specs_from_arrays(feeds, dynamic_batch=not static, dynamic_if_allowed=not static)
+    declared = frontend.input_specs(native)
+    if declared is None:
+        listing = f" ({', '.join(names)})" if names else ""
+        example = " ".join(f"--input {n}:batch,..." for n in names) if names else "--input x:batch,3,224,224"
+        raise DataError(
+            f"the model does not declare its input shapes{listing}",
+            f"give them with --input NAME:DIMS[:DTYPE] (e.g. {example}) or --data FILE.npz",
+        )
+    return make_static(declared) if static else declared
 
 
 def export_model(
@@ -110,6 +113,10 @@ def export_model(
     (``convkit.core.manifest.test_data_folder``). The model appears only after the export succeeded and
     onnxruntime loaded it. A file or test data this export did not write before is replaced only with
     ``force``.
+
+    Dims: ``input_specs`` as written; else, with ``data``, the batch and every other axis the model allows
+    are dynamic (the front end decides, see ``InputSpec.dynamic_if_allowed``; ``static`` fixes them all);
+    the summary's specs are the ones the exported file has.
     """
     _check_opset((export_options or ExportOptions()).opset)
     output = Path(output)
@@ -117,6 +124,7 @@ def export_model(
         raise InputFileError(f"output {output} should end in .onnx", "e.g. -o out/model.onnx")
     if not force:
         _check_not_foreign(output, test_data)
+    step(f"loading {source}")
     frontend, preloaded = resolve_source(source, framework)
     native = frontend.load(source, load_options or LoadOptions(), preloaded)
     feeds = load_arrays(data, frontend.input_names(native) or []) if data is not None else None
@@ -159,20 +167,25 @@ def export_native(
     _check_opset((export_options or ExportOptions()).opset)
     if not force:
         _check_not_foreign(output, test_data)
+    step(f"running {frontend.name} on the example inputs")
     reference = frontend.run(native, example)
     with staging_dir(output.parent) as staging:
         # NOTE: why a staging folder under the final name: an exporter may write external data beside the
         # model (``model.onnx.data``) and records that file name inside the model; exporting under the final
         # name and moving every file into place keeps the reference valid and nothing half-written visible.
         staged = staging / output.name
+        step(f"capturing and converting with the {frontend.name} exporter")
         result = frontend.export(native, specs, example, staged, export_options or ExportOptions())
         model = load_onnx(staged)
+        specs = settle_dynamic_dims(specs, _input_dims(model))
         expected = outputs_by_name(reference, model.output_names, frontend)
         checks = [("export example", example, expected)]
+        step("checking the ONNX model in onnxruntime")
         report = check_data_sets(model, frontend.name, checks, tolerance, options, None)
         report.model = str(output)
         report.notes.extend(result.notes)
         move_into(staging, output.parent, last=output.name)
+    step("writing the test data and the manifest")
     test_dir = write_test_data_set(test_data_folder(output), example, expected) if test_data else None
     manifest = write_manifest(
         output,
@@ -245,9 +258,15 @@ def _check_opset(opset: int | None) -> None:
         )
 
 
-def _dims(model: OnnxModel, output: str) -> list[int | str | None]:
+def _input_dims(model: OnnxModel) -> dict[str, list[int | str | None]]:
+    """Each graph input's declared dims (see ``_dims``)."""
+    inputs = model.proto.graph.input
+    return {value.name: _dims(model, value.name, inputs) for value in inputs}
+
+
+def _dims(model: OnnxModel, output: str, values: Any = None) -> list[int | str | None]:
     """An output's declared dims: sizes, symbolic names, ``None`` where the model leaves one unknown."""
-    for value in model.proto.graph.output:
+    for value in model.proto.graph.output if values is None else values:
         if value.name == output:
             dims = value.type.tensor_type.shape.dim
             return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]

@@ -114,12 +114,32 @@ def _user_code_failed(what: str, exc: BaseException) -> SourceError:
             f"{what} exited (sys.exit({exc.code!r})) instead of returning a model",
             "a factory must return the model; --debug shows where it exited",
         )
-    text = str(exc).strip().splitlines()
-    first = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-    return SourceError(f"{what} raised {first}{_where(exc)}", "fix it there; --debug shows the traceback")
+    return SourceError(
+        f"{what} raised {exception_summary(exc)}{user_code_location(exc)}",
+        "fix it there; --debug shows the traceback",
+    )
 
 
-def _where(exc: BaseException) -> str:
+def exception_summary(exc: BaseException) -> str:
+    """``Type: message`` on one line: the message's first line, and the lines after it while that one
+    ends in a colon.
+
+    NOTE: why more than the first line: wrapping exceptions put the reason on the next line (transformers'
+    config validation: ``Class validation error for validator 'validate_architecture':`` then ``ValueError:
+    The hidden size (30) is not a multiple of the number of attention heads (4).``).
+    """
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0]
+    for line in lines[1:]:
+        if not text.endswith(":"):
+            break
+        text = f"{text} {line}"
+    return f"{type(exc).__name__}: {text}"
+
+
+def user_code_location(exc: BaseException) -> str:
     """`` (file.py:12)``: the innermost frame of the traceback in the user's code, when there is one."""
     import traceback
 

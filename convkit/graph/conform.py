@@ -46,7 +46,7 @@ class FixedDimMessage:
 
     Attributes:
         why: after "fixed dimension 0 (batch) of input 'x' to 2: ".
-        fix: appended to the hint, after "give that size in --input (...) or use --static".
+        fix: appended to the hint, after "give that size in --input (...), or use --data with --static".
     """
 
     why: str = "the model does not work for other sizes as written (or was saved with that size)"
@@ -221,7 +221,7 @@ def apply_input_specs(
                 continue
             if dim.HasField("dim_value"):
                 fixed = ",".join(str(dim.dim_value) if k == axis else str(d) for k, d in enumerate(spec.dims))
-                hint = f"give that size in --input (e.g. {spec.name}:{fixed}) or use --static"
+                hint = f"give that size in --input (e.g. {spec.name}:{fixed}), or use --data with --static"
                 raise ExportError(
                     f"{exporter} fixed dimension {axis} ({want}) of input {spec.name!r} to "
                     f"{dim.dim_value}: {fixed_dim.why}",

@@ -93,7 +93,9 @@ def test_an_exporter_that_fixed_a_dynamic_dim_is_named_with_the_fix():
     assert error.message == (
         "torch.export fixed dimension 0 (batch) of input 'x' to 2: the .pt2 was exported with that size fixed"
     )
-    assert error.hint == "give that size in --input (e.g. x:2,4) or use --static; or re-export the .pt2"
+    assert error.hint == (
+        "give that size in --input (e.g. x:2,4), or use --data with --static; or re-export the .pt2"
+    )
 
 
 def test_the_exporters_dim_names_become_the_users_also_inside_expressions():

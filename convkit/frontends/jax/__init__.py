@@ -12,6 +12,7 @@ This file holds the front end, ``JaxFrontend``; its methods hand the work to the
 
 - ``load``: the model a factory made, checked, its ``--weights`` loaded, in eval mode;
 - ``export``: the jax2onnx export, its plugin registration and its error messages;
+- ``dynamic``: which axes of ``--data`` stay open (those JAX traces symbolically);
 - ``run``: the native calls, for the reference outputs and for ``convkit bench``;
 - ``reference``: the reference CNN in Flax NNX and its training loop;
 - ``_common``: what those share (importing JAX quietly, the input order, versions, an error's first line).
@@ -109,7 +110,8 @@ class JaxFrontend:
         options: ExportOptions,
     ) -> ExportResult:
         """Export with jax2onnx to ``path``: inputs named and typed after ``specs`` (string dims symbolic,
-        traced with JAX's shape polymorphism), outputs named ``output`` / ``output_N`` (dict keys when the
+        traced with JAX's shape polymorphism; ``dynamic_if_allowed`` axes symbolic where JAX traces them so,
+        see ``convkit.frontends.jax.dynamic``), outputs named ``output`` / ``output_N`` (dict keys when the
         model returns a dict), in ``run``'s order.
 
         Raises:

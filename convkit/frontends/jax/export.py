@@ -24,6 +24,7 @@ from convkit.core.inputs import InputSpec
 from convkit.errors import ConvkitError, ExportError, FrameworkUnavailableError, UnsupportedModelError
 from convkit.frontends._quiet import Quiet
 from convkit.frontends.base import ExportOptions, ExportResult
+from convkit.frontends.jax import dynamic
 from convkit.frontends.jax._common import first_line, import_jax, package_versions, positional_parameters
 from convkit.graph.conform import conform, save
 from convkit.graph.names import all_names, output_names, rename_values, unused_name
@@ -66,38 +67,28 @@ def export_model(
         ExportError: an unknown exporter, or tracing or conversion failed.
         FrameworkUnavailableError: jax2onnx does not import.
     """
-    jax, nnx = import_jax(options.verbose)
+    import_jax(options.verbose)
     opset = check_options(options)
     jax2onnx = import_jax2onnx(options.verbose)
     # NOTE: why reordered: jax2onnx passes the inputs positionally, as ``run`` does
     order = positional_parameters(model)
     if order is not None and set(order) == {spec.name for spec in specs}:
         specs = sorted(specs, key=lambda spec: order.index(spec.name))
-    symbols = _jax_symbols(specs)
-    structs = [
-        jax.ShapeDtypeStruct(
-            tuple(d if isinstance(d, int) else symbols[d] for d in spec.dims),
-            jax.dtypes.canonicalize_dtype(np.dtype(spec.dtype)),
-        )
-        for spec in specs
-    ]
-    concrete = [
-        jax.ShapeDtypeStruct(np.shape(example[s.name]), struct.dtype)
-        for s, struct in zip(specs, structs, strict=True)
-    ]
-    names = [spec.name for spec in specs]
-    capture = Quiet(options.verbose)
+    with Quiet(options.verbose):
+        settled, notes = dynamic.settle(model, specs)
     try:
-        with capture:
-            outputs = _output_names(jax.eval_shape(model, *concrete), names)
-            proto = jax2onnx.to_onnx(
-                model, structs, model_name=_model_name(model, nnx), opset=opset, input_names=names
-            )
-    except ConvkitError:
-        raise
-    except Exception as exc:
-        raise _export_error(exc, capture) from exc
-    notes = _cast_inputs(proto, specs)
+        proto, outputs, symbols = _convert(jax2onnx, model, settled, example, opset, options.verbose)
+    except ConvkitError as exc:
+        fixed = dynamic.static_again(specs, settled)
+        if fixed == settled:
+            raise
+        # NOTE: why again with the example's sizes: a trace that JAX takes symbolically may still meet a
+        # jax2onnx plugin that needs a size; the axes left to the model then keep theirs, and say why
+        settled = fixed
+        proto, outputs, symbols = _convert(jax2onnx, model, settled, example, opset, options.verbose)
+        notes = dynamic.kept_notes(specs, f"jax2onnx could not convert the model with {{it}} dynamic ({exc})")
+    specs = settled
+    notes += _cast_inputs(proto, specs)
     # NOTE: why drop value_info: jax2onnx annotates intermediate values with shapes that can be wrong
     # (NHWC dims on a transposed NCHW value), which onnxruntime reports on stderr when it loads the
     # model; the annotations are optional, and onnxruntime infers the shapes itself.
@@ -111,6 +102,44 @@ def export_model(
     )
     save(proto, path)
     return ExportResult(f"{EXPORTER} {package_versions().get('jax2onnx', '')}".strip(), opset, notes)
+
+
+def _convert(
+    jax2onnx: Any,
+    model: Any,
+    specs: Sequence[InputSpec],
+    example: Mapping[str, np.ndarray],
+    opset: int,
+    verbose: bool,
+) -> tuple[onnx.ModelProto, list[str], dict[str, str]]:
+    """jax2onnx's model for ``specs`` (string dims traced symbolically), the output names, and the
+    symbols the dims were traced under (see ``_jax_symbols``)."""
+    jax, nnx = import_jax(verbose)
+    symbols = _jax_symbols(specs)
+    structs = [
+        jax.ShapeDtypeStruct(
+            tuple(d if isinstance(d, int) else symbols[d] for d in spec.dims),
+            jax.dtypes.canonicalize_dtype(np.dtype(spec.dtype)),
+        )
+        for spec in specs
+    ]
+    concrete = [
+        jax.ShapeDtypeStruct(np.shape(example[s.name]), struct.dtype)
+        for s, struct in zip(specs, structs, strict=True)
+    ]
+    names = [spec.name for spec in specs]
+    capture = Quiet(verbose)
+    try:
+        with capture:
+            outputs = _output_names(jax.eval_shape(model, *concrete), names)
+            proto = jax2onnx.to_onnx(
+                model, structs, model_name=_model_name(model, nnx), opset=opset, input_names=names
+            )
+    except ConvkitError:
+        raise
+    except Exception as exc:
+        raise _export_error(exc, capture) from exc
+    return proto, outputs, symbols
 
 
 def check_options(options: ExportOptions) -> int:

@@ -4,7 +4,10 @@ folders, exported with tf2onnx and run natively for the reference outputs.
 ``TensorFlowFrontend`` is the front end convkit calls; its methods hand the work to one module per job:
 
 - ``load``: which paths it claims, Keras files, SavedModel folders, ``--weights``, the declared inputs;
-- ``export``: tf2onnx, opsets, output names, and the errors an export raises;
+- ``export``: opsets, output names, and the errors an export raises (with the way out that works);
+- ``convert``: tf2onnx step by step (trace, freeze captures into constants, inline XLA-marked functions,
+  convert with the handlers tf2onnx lacks, such as ``Erfc``);
+- ``dynamic``: which axes of ``--data`` stay open (those the model declares ``None``);
 - ``layers``: Keras layers paired with ONNX values (``verify --localize``);
 - ``reference``: the reference CNN and its training (``convkit matrix``, ``convkit train``);
 - ``bench``: the native contenders for ``convkit bench``;
@@ -103,8 +106,10 @@ class TensorFlowFrontend:
         path: Path,
         options: ExportOptions,
     ) -> ExportResult:
-        """Export with tf2onnx; inputs named and shaped after ``specs`` (string dims symbolic), outputs
-        named after the Keras outputs (``output``/``output_N`` where Keras has no names).
+        """Export with tf2onnx; inputs named and shaped after ``specs`` (string dims symbolic;
+        ``dynamic_if_allowed`` axes symbolic where the model declares ``None``, see
+        ``convkit.frontends.tensorflow.dynamic``), outputs named after the Keras outputs
+        (``output``/``output_N`` where Keras has no names).
 
         Raises:
             UnsupportedModelError: an opset tf2onnx cannot write, or TensorFlow ops without ONNX equivalent.

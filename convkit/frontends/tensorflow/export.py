@@ -1,8 +1,8 @@
 """Export for the TensorFlow front end: tf2onnx, its opsets, output names, the large-model path, and the
 errors that say why an export failed.
 
-NOTE: why every export goes through ``tf2onnx.convert.from_function`` with a ``tf.function`` of our own
-rather than ``from_keras``: one path serves functional, Sequential and subclassed models and SavedModel
+NOTE: why every export traces a ``tf.function`` of our own (converted step by step in ``convert``) rather
+than going through ``from_keras``: one path serves functional, Sequential and subclassed models and SavedModel
 signatures alike (``from_keras`` takes only Keras models, and without a signature reads ``model.inputs``,
 which subclassed models lack); the input signature comes from the specs (names, static and symbolic dims),
 and the call and the output order are the same code that ``run`` uses for the reference outputs.
@@ -21,6 +21,7 @@ from convkit.core.inputs import InputSpec
 from convkit.errors import ConvkitError, ExportError, UnsupportedModelError
 from convkit.frontends._quiet import Quiet
 from convkit.frontends.base import ExportOptions, ExportResult
+from convkit.frontends.tensorflow import convert, dynamic
 from convkit.frontends.tensorflow._common import (
     SavedModelSignature,
     call_model,
@@ -81,6 +82,8 @@ def export(
         # traced function would fail, so it is called once, eagerly, on the example data.
         run(model, example)
         notes.append("built the subclassed model by calling it once on the example inputs")
+    specs, kept = dynamic.settle(model, specs)
+    notes.extend(kept)
     signature = [
         tf.TensorSpec(
             [d if isinstance(d, int) else None for d in spec.dims],
@@ -101,12 +104,7 @@ def export(
     capture = Quiet(options.verbose)
     try:
         with capture, _numpy_product_shim():
-            proto, storage = tf2onnx.convert.from_function(
-                tf.function(call, input_signature=signature),
-                input_signature=signature,
-                opset=opset,
-                large_model=large,
-            )
+            proto, storage = convert.convert(call, signature, opset, large)
     except ConvkitError:
         raise
     except Exception as exc:
@@ -114,7 +112,7 @@ def export(
             f"exporting with tf2onnx failed: {type(exc).__name__}: {first_line(exc)}",
             capture.tail() or "rerun with --verbose to see tf2onnx's log",
         ) from exc
-    _check_converted(proto, opset, capture)
+    _check_converted(proto, opset, capture, model)
     outputs = _output_names(model, traced_keys, names)
     label = model.path.name if isinstance(model, SavedModelSignature) else getattr(model, "name", "model")
     proto.graph.name = str(label)
@@ -231,7 +229,7 @@ def _numpy_product_shim() -> Iterator[None]:
             del np.product  # type: ignore[attr-defined]
 
 
-def _check_converted(proto: onnx.ModelProto, opset: int, capture: Quiet) -> None:
+def _check_converted(proto: onnx.ModelProto, opset: int, capture: Quiet, model: Any) -> None:
     """Raise when tf2onnx left TensorFlow ops in the graph.
 
     NOTE: why: tf2onnx converts with ``continue_on_error`` and only logs ops it cannot map; the model it
@@ -250,5 +248,48 @@ def _check_converted(proto: onnx.ModelProto, opset: int, capture: Quiet) -> None
         listing = ", ".join(f"{op} (x{n})" if n > 1 else op for op, n in sorted(unknown.items()))
         raise UnsupportedModelError(
             f"tf2onnx could not convert these TensorFlow ops to ONNX opset {opset}: {listing}",
-            capture.tail(2) or "try a newer --opset, or replace the layers that use them",
+            _unconverted_hint(sorted(unknown), opset, capture, model),
         )
+
+
+def _unconverted_hint(ops: Sequence[str], opset: int, capture: Quiet, model: Any) -> str:
+    """What to do about ops tf2onnx left unconverted: an opset it converts them at, if it writes one;
+    Keras's JAX backend for a Keras model; replacing the layers.
+
+    NOTE: why the opset is named only when it helps: tf2onnx writes opsets up to 18, and most ops it lacks
+    it lacks at every opset, where "try a newer --opset" sends the user in a circle.
+    """
+    import tf2onnx
+    import tf2onnx.constants
+
+    highest = max(tf2onnx.constants.OPSET_TO_IR_VERSION)
+    since = {op: convert.handled_from(op) for op in ops}
+    missing = [op for op, version in since.items() if version is None or version > highest]
+    failed = [op for op, version in since.items() if version is not None and version <= opset]
+    later = [version for version in since.values() if version is not None and opset < version <= highest]
+    ways: list[str] = []
+    if later and not missing and not failed:
+        ways.append(f"pass --opset {max(later)} (tf2onnx converts them from that opset)")
+    if not isinstance(model, SavedModelSignature) and _is_keras(model):
+        # NOTE: why this way: Keras 3 on JAX exports through jax2onnx, which converts what JAX traces (the
+        # same model, another exporter); it does not help a SavedModel or a plain tf.Module
+        ways.append("export with Keras on its JAX backend: --backend jax")
+    ways.append("replace the layers that use them")
+    why = []
+    if missing:
+        names = ", ".join(missing)
+        why.append(f"tf2onnx {tf2onnx.__version__} converts {names} at no opset (it writes up to {highest})")
+    if failed:
+        log = capture.tail(2)
+        detail = f" ({log})" if log else " (rerun with --verbose to see why)"
+        why.append(f"tf2onnx failed on {', '.join(failed)}{detail}")
+    return "; ".join([*why, ", or ".join(ways)])
+
+
+def _is_keras(model: Any) -> bool:
+    try:
+        import keras
+
+        return isinstance(model, keras.layers.Layer)
+    except ImportError:  # pragma: no cover - the front end needs Keras
+        return False

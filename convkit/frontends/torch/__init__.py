@@ -4,7 +4,8 @@ with the torch.export-based exporter and, when it cannot capture a model, the To
 ``TorchFrontend`` is thin: each method hands its job to the module named for it.
 
 - ``load``: sources, model files, checkpoints and ``--weights``;
-- ``inputs``: the input names ``forward`` takes and the shapes an ExportedProgram recorded;
+- ``inputs``: the input names ``forward`` takes, the shapes an ExportedProgram recorded, and which dims the
+  model lets be dynamic (``settle_dims``);
 - ``export``: the exporters, their fallback, error messages and notes;
 - ``bench``: the runners ``convkit bench`` times;
 - ``layers`` (with ``layer_scopes`` and ``layer_shapes``): module activations paired with ONNX values,
@@ -85,8 +86,23 @@ class TorchFrontend:
 
     # ------------------------------------------------------------------------------------------------ run
     def run(self, model: Any, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Run eagerly (eval mode, no gradients) and flatten the outputs: tensors, sequences, dict values."""
-        return [to_numpy(value) for _, value in flatten_outputs(call_model(model, inputs))]
+        """Run eagerly (eval mode, no gradients) and flatten the outputs: tensors, sequences, dict values.
+
+        Raises:
+            DataError: the model raised (``call_model``); the message ends with the innermost line of the
+                user's own code in the traceback (``(my_model.py:42)``), when there is one.
+        """
+        from convkit.core.sources import user_code_location
+        from convkit.errors import DataError
+
+        try:
+            outputs = call_model(model, inputs)
+        except DataError as exc:
+            where = user_code_location(exc.__cause__) if exc.__cause__ is not None else ""
+            if not where:
+                raise
+            raise DataError(exc.message + where, exc.hint, stage=exc.stage) from exc.__cause__
+        return [to_numpy(value) for _, value in flatten_outputs(outputs)]
 
     def benchmark_runners(self, model: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """Zero-argument callables for ``convkit bench``: eager PyTorch and, where it works, torch.compile."""
@@ -141,8 +157,10 @@ class TorchFrontend:
         path: Path,
         options: ExportOptions,
     ) -> ExportResult:
-        """Export to one ONNX file at ``path``: inputs named after ``specs`` (string dims dynamic), outputs
-        named ``output`` / ``output_N`` (dict keys when the model returns a dict).
+        """Export to one ONNX file at ``path``: inputs named after ``specs`` (string dims dynamic, and each
+        ``dynamic_if_allowed`` axis dynamic where torch.export finds the model allows it: ``batch`` when it
+        is the batch's, ``seq`` for token ids, else ``<input>_dim<axis>``; a note names those kept static),
+        outputs named ``output`` / ``output_N`` (dict keys when the model returns a dict).
 
         The torch.export-based exporter runs first; when it cannot capture the model, the TorchScript
         exporter does, and a note says why. ``options.exporter`` forces one (``dynamo`` or ``torchscript``).

@@ -1,11 +1,11 @@
-"""Exporting a PyTorch model to ONNX: the torch.export-based exporter first, the TorchScript one when it
-cannot capture the model (or when asked for), their error messages and notes, and the conform pass the
-written file goes through (``convkit.graph.conform``).
+"""Exporting a PyTorch model to ONNX: the dims settled first (``inputs.settle_dims``), the torch.export-based
+exporter, the TorchScript one when it cannot capture the model (or when asked for), their error messages and
+notes, output dims the exporter pinned made symbolic again, and the conform pass the written file goes
+through (``convkit.graph.conform``).
 """
 
 from __future__ import annotations
 
-import inspect
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -24,10 +24,17 @@ from convkit.frontends.torch._common import (
     call_model,
     first_line,
     flatten_outputs,
-    parameter_order,
     to_tensor,
 )
-from convkit.frontends.torch.inputs import check_spec_names
+from convkit.frontends.torch.inputs import (
+    Bounds,
+    check_spec_names,
+    dynamic_shapes,
+    fresh_rnn_dispatch,
+    input_order,
+    settle_dims,
+    traceable,
+)
 from convkit.graph.names import output_names
 
 _EXPORTERS = ("dynamo", "torchscript")
@@ -50,14 +57,16 @@ def export_model(
 
     Args:
         model: an ``nn.Module``, a ``torch.jit.ScriptModule`` or a ``torch.export.ExportedProgram``.
-        specs: the inputs (string dims dynamic), in the names the model takes.
+        specs: the inputs (string dims dynamic; ``dynamic_if_allowed`` axes dynamic where torch.export finds
+            the model allows it, see ``inputs.settle_dims``), in the names the model takes.
         example: example inputs by name, to trace and name the outputs with.
         path: the ONNX file to write.
         options: ``exporter`` (``dynamo``, ``torchscript`` or an alias; ``None`` or ``auto`` for both in
             turn), ``opset`` and ``verbose``.
 
     Returns:
-        The exporter that wrote the file, the file's opset and notes (the fallback's reason, warnings).
+        The exporter that wrote the file, the file's opset and notes (the axes kept static and why, the
+        fallback's reason, warnings).
 
     Raises:
         ExportError: the exporter(s) failed, or a dimension meant to be dynamic is fixed by the model.
@@ -71,6 +80,8 @@ def export_model(
     tensors = {spec.name: to_tensor(example[spec.name]) for spec in specs}
     with Quiet(options.verbose):
         output_names = _output_names(model, tensors, names)
+    specs, bounds, notes = settle_dims(model, specs, tensors, options.verbose)
+    tensors = traceable(specs, tensors)
     is_script = isinstance(model, torch.jit.ScriptModule)
     is_program = isinstance(model, torch.export.ExportedProgram)
     if is_script and choice == "dynamo":
@@ -82,10 +93,9 @@ def export_model(
             "an ExportedProgram (.pt2) cannot go through the TorchScript exporter",
             "use --exporter dynamo or omit it",
         )
-    notes: list[str] = []
     if not is_script and choice in (None, "dynamo"):
         try:
-            exported = _export_dynamo(model, specs, tensors, output_names, path, options)
+            exported = _export_dynamo(model, specs, bounds, tensors, output_names, path, options)
         except _ExporterFailed as failure:
             if choice == "dynamo" or is_program:
                 raise ExportError(
@@ -108,12 +118,6 @@ def export_model(
     notes.extend(_export_torchscript(model, specs, tensors, output_names, path, options))
     opset = _finish_file(path, specs, "the TorchScript exporter", from_program=False)
     return ExportResult("torchscript", opset, notes)
-
-
-def _input_order(model: Any, names: Sequence[str]) -> list[str]:
-    """``names`` in the order ``call_arguments`` passes them (the order of the exported graph's inputs)."""
-    order = parameter_order(model)
-    return list(names) if order is None else [name for name in order if name in names]
 
 
 def _output_names(model: Any, tensors: Mapping[str, Any], input_names: Sequence[str]) -> list[str]:
@@ -145,47 +149,10 @@ def _exporter_choice(exporter: str | None) -> str | None:
     return key
 
 
-def _dynamic_shapes(model: Any, specs: Sequence[InputSpec]) -> dict[str, Any] | tuple[Any, ...] | None:
-    """``{input: {axis: Dim(symbol)}}``; one ``Dim`` per symbol, so inputs that share one stay equal.
-
-    A ``forward(*args)`` gets a tuple in argument order instead: there are no parameter names to key by.
-    """
-    import torch
-
-    dims: dict[str, Any] = {}
-    shapes: dict[str, Any] = {}
-    for spec in specs:
-        axes = {}
-        for axis, dim in enumerate(spec.dims):
-            if isinstance(dim, str):
-                axes[axis] = dims.setdefault(dim, torch.export.Dim(dim))
-        shapes[spec.name] = axes or None
-    if not any(shapes.values()):
-        return None
-    if parameter_order(model) is None:
-        return _star_args_shapes(model, list(shapes.values()))
-    return shapes
-
-
-def _star_args_shapes(model: Any, shapes: list[Any]) -> dict[str, Any] | tuple[Any, ...]:
-    """``forward(x, *rest)``: the leading parameters by name, the rest as one tuple under ``rest``."""
-    try:
-        params = list(inspect.signature(model.forward).parameters.values())
-    except (TypeError, ValueError, AttributeError):
-        return tuple(shapes)
-    keyed: dict[str, Any] = {}
-    for param in params:
-        if param.kind is param.VAR_POSITIONAL:
-            keyed[param.name] = tuple(shapes)
-            return keyed
-        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
-            keyed[param.name] = shapes.pop(0) if shapes else None
-    return tuple(shapes)
-
-
 def _export_dynamo(
     model: Any,
     specs: Sequence[InputSpec],
+    bounds: Bounds,
     tensors: Mapping[str, Any],
     output_names: list[str],
     path: Path,
@@ -204,8 +171,8 @@ def _export_dynamo(
         ) from exc
     args, kwargs = call_arguments(model, tensors)
     is_program = isinstance(model, torch.export.ExportedProgram)
-    ordered = _input_order(model, [spec.name for spec in specs])
-    with Quiet(options.verbose) as quiet:
+    ordered = input_order(model, [spec.name for spec in specs])
+    with Quiet(options.verbose) as quiet, fresh_rnn_dispatch():
         try:
             program = torch.onnx.export(
                 model,
@@ -217,7 +184,7 @@ def _export_dynamo(
                 input_names=ordered,
                 output_names=output_names,
                 opset_version=options.opset,
-                dynamic_shapes=None if is_program else _dynamic_shapes(model, specs),
+                dynamic_shapes=None if is_program else dynamic_shapes(model, specs, bounds=bounds),
                 optimize=True,
             )
         except Exception as exc:
@@ -279,7 +246,7 @@ def _export_torchscript(
     if kwargs:
         # NOTE: why: the TorchScript exporter passes a trailing dict as keyword arguments
         args = (*args, kwargs)
-    ordered = _input_order(model, [spec.name for spec in specs])
+    ordered = input_order(model, [spec.name for spec in specs])
     dynamic_axes = {
         spec.name: {axis: dim for axis, dim in enumerate(spec.dims) if isinstance(dim, str)} for spec in specs
     }
@@ -352,6 +319,66 @@ def _finish_file(path: Path, specs: Sequence[InputSpec], exporter: str, from_pro
         fixed = FixedDimMessage(
             "the model does not work for other sizes as written", "make the model size-generic"
         )
+    _unpin_dims(model)
     conform(model, specs, exporter=exporter, fixed_dim=fixed)
     save(model, path)
     return default_domain_opset(model)
+
+
+def _unpin_dims(model: Any) -> None:
+    """Give an output (or value info) dim the exporter declared fixed the input's symbol that onnx's own
+    shape inference finds there.
+
+    NOTE: why: torch.onnx declares the shapes torch recorded while capturing, and some keep the example's
+    size: an LSTM under the while-loop decomposition declares ``[batch, 5, 24]`` for a dynamic sequence
+    of 5. onnxruntime warns at every other length, and an optimizer may fold the Shape of such a value into
+    a constant. Only sizes inference traces to an input's symbol change: where it knows nothing, the
+    exporter's word stands.
+    """
+    graph = model.graph
+    symbols = {dim.dim_param for value in graph.input for dim in value.type.tensor_type.shape.dim}
+    symbols.discard("")
+    if not symbols:
+        return
+    inferred = _inferred_dims(model)
+    for value in [*graph.output, *graph.value_info]:
+        found = inferred.get(value.name)
+        dims = value.type.tensor_type.shape.dim
+        if found is None or len(found) != len(dims):
+            continue
+        for dim, symbol in zip(dims, found, strict=True):
+            if dim.HasField("dim_value") and symbol in symbols:
+                dim.dim_param = symbol  # a oneof: the fixed size goes
+
+
+def _inferred_dims(model: Any) -> dict[str, list[str]]:
+    """Each value's dims as ``onnx.shape_inference`` finds them from the graph inputs alone (symbols, ``""``
+    for sizes), the exporter's declared shapes left out; ``{}`` when inference fails.
+
+    NOTE: why a copy without the large weights (graph inputs of their shape instead): inference needs only
+    their shapes, and a copy of a model's weights would double its memory.
+    """
+    import onnx
+
+    light = onnx.ModelProto(ir_version=model.ir_version)
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    graph = light.graph
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.raw_data) > 1024:
+            graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+        else:
+            graph.initializer.append(tensor)
+    for output in model.graph.output:
+        graph.output.add(name=output.name).type.tensor_type.elem_type = output.type.tensor_type.elem_type
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True).graph
+    except Exception:
+        return {}
+    return {
+        value.name: [dim.dim_param for dim in value.type.tensor_type.shape.dim]
+        for value in [*inferred.output, *inferred.value_info]
+        if value.type.tensor_type.HasField("shape")
+    }

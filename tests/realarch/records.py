@@ -1,0 +1,49 @@
+"""What each real-architecture test proved, for the README's coverage table (``scripts/realarch_table.py``).
+
+A test calls ``record`` after its checks passed; with ``CONVKIT_REALARCH_RECORDS=DIR`` set, one JSON file per
+case lands in DIR (the table script sets it); otherwise nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+ENV_VAR = "CONVKIT_REALARCH_RECORDS"
+
+
+def max_abs_diff(report: dict[str, Any]) -> float:
+    """The largest max abs diff over every comparison of a ``convkit verify --report`` JSON."""
+    return max(float(c["max_abs_diff"]) for c in report["outputs"])
+
+
+def record(
+    framework: str,
+    architecture: str,
+    family: str,
+    export_shape: str,
+    second_shape: str,
+    diff_at_export_shape: float,
+    diff_at_second_shape: float,
+) -> None:
+    """Keep one proven case: exported at ``export_shape``, verified there and at ``second_shape``.
+
+    Shapes are short texts a reader understands (``batch 2, seq 16``, ``batch 1, 96x96``).
+    """
+    folder = os.environ.get(ENV_VAR)
+    if not folder:
+        return
+    case = {
+        "framework": framework,
+        "architecture": architecture,
+        "family": family,
+        "export_shape": export_shape,
+        "second_shape": second_shape,
+        "max_abs_diff": [diff_at_export_shape, diff_at_second_shape],
+    }
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", f"{framework}_{architecture}").strip("_")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / f"{slug}.json").write_text(json.dumps(case, indent=2) + "\n")
