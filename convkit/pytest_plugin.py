@@ -3,14 +3,15 @@
     def test_exported_model_holds_parity(convkit_parity):
         convkit_parity("build/model.onnx", "models/net.py:make_model", atol=1e-5)
 
-The fixture is ``convkit.testing.assert_parity``; with ``--convkit-reports DIR`` every report it produces,
-passing or failing, is also written to ``DIR/<test id>-<n>.json`` for CI to publish.
+The fixture is ``convkit.testing.assert_parity``; with ``--convkit-reports DIR`` every report a test makes,
+through the fixture or a direct ``assert_parity`` call, passing or failing, is also written to
+``DIR/<test id>-<n>.json`` for CI to publish.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -25,31 +26,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--convkit-reports",
         metavar="DIR",
         default=None,
-        help="write every convkit_parity report as JSON into DIR",
+        help="write every parity report (assert_parity, convkit_parity) as JSON into DIR",
     )
 
 
-@pytest.fixture
-def convkit_parity(request: pytest.FixtureRequest) -> Callable[..., ParityReport]:
-    """``convkit.testing.assert_parity``, writing reports when ``--convkit-reports`` is given."""
-    from convkit.testing import ParityAssertionError, assert_parity
-
-    folder = request.config.getoption("--convkit-reports")
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, None]:
+    """With ``--convkit-reports``, collect the reports made while ``item`` runs (setup, call, teardown)."""
+    folder = item.config.getoption("--convkit-reports")
     if folder is None:
-        return assert_parity
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.nodeid).strip("_")
+        yield
+        return
+    from convkit.testing import _reports_to
+
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", item.nodeid).strip("_")
     written: list[Path] = []
 
-    def checked(*args: Any, **kwargs: Any) -> ParityReport:
-        try:
-            report = assert_parity(*args, **kwargs)
-        except ParityAssertionError as failure:
-            _write(failure.report)
-            raise
-        _write(report)
-        return report
-
-    def _write(report: ParityReport) -> None:
+    def write(report: ParityReport) -> None:
         from convkit.report.files import write_report_files
 
         path = Path(folder) / f"{stem}-{len(written)}.json"
@@ -57,4 +50,13 @@ def convkit_parity(request: pytest.FixtureRequest) -> Callable[..., ParityReport
         write_report_files(report, str(path), None)
         written.append(path)
 
-    return checked
+    with _reports_to(write):
+        yield
+
+
+@pytest.fixture
+def convkit_parity() -> Callable[..., ParityReport]:
+    """``convkit.testing.assert_parity`` (its reports are written under ``--convkit-reports`` too)."""
+    from convkit.testing import assert_parity
+
+    return assert_parity

@@ -11,8 +11,9 @@ Nothing heavy is imported here: the frameworks load only when a check needs them
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,24 @@ from convkit.core.compare import ParityReport, Tolerance
 from convkit.core.runtime import SessionOptions
 
 __all__ = ["ParityAssertionError", "assert_parity"]
+
+# Where every report ``assert_parity`` makes also goes (the pytest plugin's ``--convkit-reports``).
+_report_sink: Callable[[ParityReport], None] | None = None
+
+
+@contextlib.contextmanager
+def _reports_to(sink: Callable[[ParityReport], None]) -> Iterator[None]:
+    """Inside the block, hand every report ``assert_parity`` makes, passing or failing, to ``sink``.
+
+    NOTE: why a sink here rather than in the fixture: the README's own example calls ``assert_parity``
+    directly; a report written only through the fixture missed exactly those calls.
+    """
+    global _report_sink
+    previous, _report_sink = _report_sink, sink
+    try:
+        yield
+    finally:
+        _report_sink = previous
 
 
 class ParityAssertionError(AssertionError):
@@ -70,6 +89,8 @@ def assert_parity(
         convkit.errors.ConvkitError: the inputs to the check are wrong (missing file, names that do not match,
             an unavailable provider); these are not parity failures.
     """
+    # NOTE: why: pytest then shows the user's line that called this, not this function's source
+    __tracebackhide__ = True
     from convkit import api
 
     tolerance = Tolerance(atol=atol, rtol=rtol)
@@ -80,6 +101,8 @@ def assert_parity(
         report = api.verify_testcase(model, tolerance=tolerance, options=runtimes, localize=localize)
     else:
         report = _verify_against_source(model, source, framework, inputs, tolerance, runtimes, localize)
+    if _report_sink is not None:
+        _report_sink(report)
     if not report.passed:
         raise ParityAssertionError(report)
     return report

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from convkit.cli.options import provider_option, session_options, tolerance, tolerance_options
+from convkit.cli.options import html_option, provider_option, session_options, tolerance, tolerance_options
 from convkit.errors import EXIT_OK, EXIT_PARITY_FAILED
 from convkit.frontends import FRONTENDS
 
@@ -23,16 +23,17 @@ def train(framework: str, epochs: int, seed: int, output: str) -> None:
     Saves canonical weights that every framework loads (convkit matrix --weights OUTPUT).
     """
     from convkit.core.outputs import check_outputs
+    from convkit.progress import step
     from convkit.reference.training import train as train_reference
 
     check_outputs({"-o": output}, [])
-    with click.progressbar(length=epochs, label=f"training ({framework})", file=sys.stderr) as bar:
 
-        def advance(epoch: int, total: int, metrics: dict[str, float]) -> None:
-            bar.label = f"training ({framework}) " + " ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-            bar.update(1)
+    def advance(epoch: int, total: int, metrics: dict[str, float]) -> None:
+        scores = " ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+        step(f"training ({framework}): epoch {epoch}/{total} {scores}")
 
-        result = train_reference(framework, output, epochs, seed, advance)
+    step(f"training ({framework})")
+    result = train_reference(framework, output, epochs, seed, advance)
     click.echo(
         f"{result.framework}: {result.epochs} epochs in {result.seconds:.1f} s, "
         f"test accuracy {result.test_accuracy:.4f}; wrote {output}"
@@ -55,6 +56,7 @@ def train(framework: str, epochs: int, seed: int, output: str) -> None:
 @tolerance_options
 @click.option("--json", "json_path", type=click.Path(), default=None, help="write the matrix as JSON.")
 @click.option("--junit", type=click.Path(), default=None, help="write a JUnit XML report.")
+@html_option
 def matrix(
     frameworks: str | None,
     weights: str | None,
@@ -64,6 +66,7 @@ def matrix(
     rtol: float | None,
     json_path: str | None,
     junit: str | None,
+    html: str | None,
 ) -> None:
     """The reference CNN in every framework: export, verify each against itself, compare all pairs."""
     from convkit.core.artifacts import write_text_atomic
@@ -72,7 +75,14 @@ def matrix(
     from convkit.report.junit import matrix_junit_xml
     from convkit.report.tables import render_matrix
 
-    check_outputs({"--json": json_path, "--junit": junit}, [weights], folders={"--out-dir": out_dir})
+    outputs = {"--json": json_path, "--junit": junit, "--html": html}
+    check_outputs(outputs, [weights], folders={"--out-dir": out_dir})
+    if html is not None:
+        from convkit.report.html import require_matplotlib
+
+        require_matplotlib()  # before the long work
+    from convkit.progress import step
+
     names = [part.strip() for part in frameworks.split(",") if part.strip()] if frameworks else None
     result = run_matrix(
         names,
@@ -81,13 +91,18 @@ def matrix(
         tolerance(atol, rtol),
         session_options("cpu", None),
         samples,
-        progress=lambda name: click.echo(f"matrix: {name} ...", err=True),
+        progress=lambda name: step(f"matrix: {name}"),
     )
     if json_path:
         write_text_atomic(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
     if junit:
         write_text_atomic(junit, matrix_junit_xml(result))
     click.echo(render_matrix(result))
+    if html is not None:
+        from convkit.report.html import render_matrix_html, write_html
+
+        write_html(html, render_matrix_html(result))
+        click.echo(f"wrote {html}")
     sys.exit(EXIT_OK if result.passed else EXIT_PARITY_FAILED)
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -14,6 +16,7 @@ import click
 from convkit.cli.options import (
     error_report,
     finish_report,
+    html_option,
     localize_option,
     provider_option,
     report_options,
@@ -121,6 +124,7 @@ def run(
 @timeout_option
 @localize_option
 @report_options
+@html_option
 def verify(
     target: str,
     source: str | None,
@@ -140,6 +144,7 @@ def verify(
     localize: str | None,
     report: str | None,
     junit: str | None,
+    html: str | None,
 ) -> None:
     """Check that an ONNX model computes what it should.
 
@@ -149,8 +154,8 @@ def verify(
     from convkit import api
     from convkit.core.outputs import check_outputs
 
-    check_outputs({"--report": report, "--junit": junit}, [target, source, data, weights])
-    with error_report(report):
+    check_outputs({"--report": report, "--junit": junit, "--html": html}, [target, source, data, weights])
+    with error_report(report), _recorded_errors(html is not None) as recorded:
         tol = tolerance(atol, rtol)
         session = _with_timeout(runtime_configs(providers or provider, optimization, threads), timeout)
         if source is None:
@@ -175,14 +180,68 @@ def verify(
             )
     if not result.passed and not localize:
         result.notes.append("rerun with --localize to find the first diverging node")
-    sys.exit(finish_report(result, report, junit))
+    code = finish_report(result, report, junit)
+    if html is not None:
+        _write_parity_html(html, result, recorded)
+        click.echo(f"wrote {html}")
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def _recorded_errors(enabled: bool) -> Iterator[list[tuple[Any, Any]]]:
+    """While the block runs, summarize every element's error of each output comparison verify makes
+    (``(comparison, ErrorSummary)``), for the HTML report's plots."""
+    recorded: list[tuple[Any, Any]] = []
+    if not enabled:
+        yield recorded
+        return
+    from convkit.core.compare import observing_outputs
+    from convkit.report.html import require_matplotlib
+    from convkit.report.plots import summarize_errors
+
+    require_matplotlib()  # before the long work
+
+    def record(comparison: Any, expected: Any, actual: Any) -> None:
+        recorded.append((comparison, summarize_errors(expected, actual, comparison.atol, comparison.rtol)))
+
+    with observing_outputs(record):
+        yield recorded
+
+
+def _write_parity_html(path: str, report: Any, recorded: list[tuple[Any, Any]]) -> None:
+    """Render ``report`` with the recorded error summaries and its localization's values, and write it."""
+    from convkit.diagnose.localize import node_label, node_source
+    from convkit.graph.model import load_onnx
+    from convkit.report.html import render_parity_html, write_html
+    from convkit.report.plots import NodeError
+
+    errors = [next((s for c, s in recorded if c is shown), None) for shown in report.comparisons]
+    points = []
+    if report.localized_values:
+        proto = load_onnx(report.model).proto
+        producer = {out: k for k, node in enumerate(proto.graph.node) for out in node.output}
+        latest = {c.name: c for c in report.localized_values}
+        for c in sorted(latest.values(), key=lambda c: producer.get(c.name, -1)):
+            k = producer.get(c.name)
+            if k is None:  # a graph input
+                points.append(NodeError(-1, c.name, c.name, "input", c.max_abs_diff, c.passed))
+                continue
+            node = proto.graph.node[k]
+            label, source = node_label(proto, k), node_source(node)
+            points.append(NodeError(k, c.name, label, node.op_type, c.max_abs_diff, c.passed, source))
+    write_html(path, render_parity_html(report, errors, points))
 
 
 @click.command()
 @click.argument("source")
 @click.option("--output", "-o", required=True, type=click.Path(), help="the .onnx file to write.")
 @source_options
-@click.option("--static", is_flag=True, help="fix every dimension (the first is dynamic by default).")
+@click.option(
+    "--static",
+    is_flag=True,
+    help="fix every dimension of the --data (or the model's declared) shapes, batch included; by default the "
+    "batch and every other dimension the model allows are dynamic. --input dims are used as written.",
+)
 @click.option("--opset", type=int, default=None, help="ONNX opset (the exporter's default if omitted).")
 @click.option("--exporter", default=None, help="force one exporter (torch: dynamo or torchscript).")
 @click.option("--no-test-data", is_flag=True, help="do not write test_data_set_0/ for the model.")
@@ -220,6 +279,9 @@ def export(
 
     Writes the model, MODEL.manifest.json and test_data_set_0/ (inputs and the framework's outputs): beside
     a model named model.onnx (the folder is an ONNX test case), else in MODEL.test_data/.
+
+    With --data and no --input, the first dimension is dynamic (batch) and so is every other one the model
+    allows (PyTorch names them seq for token ids, else INPUT_dimAXIS); a note says which stayed static, why.
     """
     from convkit.api import export_model
     from convkit.core.inputs import parse_input_spec

@@ -37,6 +37,15 @@ localize_option = click.option(
     "onnxruntime, or a reference model's path.",
 )
 
+html_option = click.option(
+    "--html",
+    "html",
+    type=click.Path(),
+    default=None,
+    metavar="REPORT.html",
+    help="write a self-contained HTML report with plots (needs matplotlib: pip install 'convkit[html]').",
+)
+
 
 def tolerance_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--rtol`` and ``--atol`` (see ``tolerance``)."""
@@ -44,7 +53,10 @@ def tolerance_options(func: Callable[..., Any]) -> Callable[..., Any]:
         "--rtol", type=float, default=None, help="relative tolerance (default 1e-4 for fp32)."
     )(func)
     return click.option(
-        "--atol", type=float, default=None, help="absolute tolerance (default 1e-5 for fp32)."
+        "--atol",
+        type=float,
+        default=None,
+        help="absolute tolerance, used as given (fp32 default: 1e-5, or 1e-5 x max|expected| if larger).",
     )(func)
 
 

@@ -1,13 +1,17 @@
 """Compare reference outputs with runtime outputs, producing data (a ``ParityReport``), never raising.
 
-An element passes when ``|actual - expected| <= atol + rtol * |expected|`` (numpy.isclose). NaN in the same
-place on both sides counts as equal, as do equal infinities. Integer, bool and string outputs compare exactly.
+An element passes when ``|actual - expected| <= atol + rtol * |expected|`` (numpy.isclose). Unless the user
+gives ``atol``, it scales with the output: ``atol = max(default atol, scale factor * max|expected|)``. NaN in
+the same place on both sides counts as equal, as do equal infinities. Integer, bool and string outputs compare
+exactly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +26,13 @@ DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
     "bfloat16": (1e-2, 1e-2),
 }
 
+
+# NOTE: why a scale term: kernels that sum in another order differ by a few ulps *of the values summed*, and
+# those are as large as the output's largest values, not as large as each element. A ResNet-50's logits reach
+# 1e3, so its correct float32 export differs by ~1e-3 on elements near zero, where ``rtol * |expected|`` gives
+# nothing; a fixed atol of 1e-5 fails it. A tenth of the dtype's rtol, times the largest magnitude, is ~80
+# float32 ulps of that magnitude: above summation noise, far below what a wrong weight or op changes.
+SCALE_FACTORS: dict[str, float] = {"float64": 1e-7, "float32": 1e-5, "float16": 1e-3, "bfloat16": 1e-3}
 
 REPORT_SCHEMA = 1
 """The version of the JSON report's layout (``--report``); raised when a field changes meaning or goes."""
@@ -41,8 +52,19 @@ class Tolerance:
     rtol: float | None = None
 
     def for_dtype(self, dtype: np.dtype[Any]) -> tuple[float, float]:
+        """The ``(atol, rtol)`` before any scaling: the user's values, else the dtype's defaults."""
         atol, rtol = default_tolerance(dtype)
         return (atol if self.atol is None else self.atol, rtol if self.rtol is None else self.rtol)
+
+    def scale_factor(self, dtype: np.dtype[Any]) -> float | None:
+        """The factor of ``max|expected|`` the atol grows to, ``None`` when it must not grow.
+
+        NOTE: why only for the default: a user who gives ``--atol`` means that number; scaling it silently
+        would make the flag lie.
+        """
+        if self.atol is not None:
+            return None
+        return SCALE_FACTORS.get(np.dtype(dtype).name, SCALE_FACTORS["float32"])
 
 
 @dataclass
@@ -67,9 +89,29 @@ class OutputComparison:
     reason: str | None = None
     runtime: str = ""
     """The runtime configuration (``cuda``, ``cpu/disabled``) when a report covers several, else empty."""
+    atol_rule: str = "default"
+    """Where ``atol`` came from: ``given`` (the user's), ``default`` (the dtype's), ``scale`` (the scale
+    factor times ``expected_scale``, larger than the default) or ``exact`` (not a float output)."""
+    expected_scale: float | None = None
+    """The largest finite ``|expected|`` of a float output (what the ``scale`` rule multiplies)."""
+    tolerance_rule: str = ""
+    """The rule that decided, in words (``atol 1e-05 + rtol 0.0001 * |expected|``); reports print this."""
 
     def to_dict(self) -> dict[str, Any]:
         return {key: _json_number(value) for key, value in self.__dict__.items()}
+
+
+@dataclass
+class ParityWarning:
+    """Why a passing comparison proves less than it seems: an output that cannot tell a right model from a
+    wrong one (``kind``: ``constant``, ``all-nan``, ``all-zero``)."""
+
+    output: str
+    kind: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"output": self.output, "kind": self.kind, "message": self.message}
 
 
 @dataclass
@@ -85,6 +127,10 @@ class ParityReport:
     rtol: float | None = None
     localization: dict[str, Any] | None = None
     """Where parity broke (``convkit.diagnose.localize.Localization.to_dict()``), when localization ran."""
+    warnings: list[ParityWarning] = field(default_factory=list)
+    """Outputs whose comparison cannot fail (``convkit.core.degenerate``); they do not change ``passed``."""
+    localized_values: list[OutputComparison] = field(default_factory=list)
+    """The intermediate values localization compared, in order (the HTML report; not in ``to_dict``)."""
 
     @property
     def passed(self) -> bool:
@@ -113,6 +159,7 @@ class ParityReport:
             "notes": list(self.notes),
             "outputs": [c.to_dict() for c in self.comparisons],
             "localization": self.localization,
+            "warnings": [w.to_dict() for w in self.warnings],
         }
 
 
@@ -144,7 +191,8 @@ def compare_arrays(
     """Compare one output. Never raises: problems become ``passed=False`` with a ``reason``."""
     exp = np.asarray(expected)
     act = np.asarray(actual)
-    atol, rtol = (tolerance or Tolerance()).for_dtype(exp.dtype)
+    tol = tolerance or Tolerance()
+    atol, rtol = tol.for_dtype(exp.dtype)
     result = OutputComparison(
         name=name,
         data_set=data_set,
@@ -155,7 +203,9 @@ def compare_arrays(
         expected_dtype=exp.dtype.name,
         atol=atol,
         rtol=rtol,
+        atol_rule="default" if tol.atol is None else "given",
     )
+    result.tolerance_rule = _rule_text(result, None)
     if exp.shape != act.shape:
         result.reason = f"shape {tuple(act.shape)} differs from expected {tuple(exp.shape)}"
         return result
@@ -163,10 +213,30 @@ def compare_arrays(
         result.reason = f"dtype {act.dtype.name} differs from expected {exp.dtype.name}"
         return result
     if exp.dtype.kind in "fc":
-        _compare_inexact(result, exp, act, atol, rtol)
+        _scale_atol(result, exp, tol.scale_factor(exp.dtype))
+        _compare_inexact(result, exp, act, result.atol, rtol)
     else:
+        result.atol_rule, result.tolerance_rule = "exact", f"exact ({exp.dtype.name})"
         _compare_exact(result, exp, act)
     return result
+
+
+def _scale_atol(result: OutputComparison, exp: np.ndarray, factor: float | None) -> None:
+    """Record ``max|expected|`` and raise ``result.atol`` to ``factor`` times it where that is larger."""
+    finite = np.abs(exp[np.isfinite(exp)]) if exp.size else np.zeros(0)
+    result.expected_scale = float(finite.max()) if finite.size else 0.0
+    if factor is not None and factor * result.expected_scale > result.atol:
+        result.atol, result.atol_rule = factor * result.expected_scale, "scale"
+    result.tolerance_rule = _rule_text(result, factor)
+
+
+def _rule_text(c: OutputComparison, factor: float | None) -> str:
+    """The tolerance in words, the same in every report: ``atol 0.0116 (scale: 1e-05 * max|expected|
+    1.16e+03) + rtol 0.0001 * |expected|``; ``(default)`` or ``(given)`` for the other rules."""
+    why = c.atol_rule
+    if c.atol_rule == "scale":
+        why = f"scale: {factor:g} * max|expected| {c.expected_scale:.3g}"
+    return f"atol {c.atol:.3g} ({why}) + rtol {c.rtol:g} * |expected|"
 
 
 def _compare_exact(result: OutputComparison, exp: np.ndarray, act: np.ndarray) -> None:
@@ -223,7 +293,7 @@ def _compare_inexact(
     elif not result.passed:
         result.reason = (
             f"{int(bad.sum())} of {e.size} values ({result.mismatch_fraction:.2%}) exceed "
-            f"atol={atol:g} + rtol={rtol:g}*|expected|; atol>={result.min_passing_atol:.3g} would pass"
+            f"{result.tolerance_rule}; atol>={result.min_passing_atol:.3g} would pass"
         )
 
 
@@ -234,6 +304,22 @@ def _cosine(e: np.ndarray, a: np.ndarray) -> float | None:
     if ne == 0.0 or na == 0.0:
         return 1.0 if ne == na else 0.0
     return float(np.real(np.vdot(e, a)) / (ne * na))
+
+
+OutputObserver = Callable[[OutputComparison, np.ndarray, np.ndarray], None]
+_observer: ContextVar[OutputObserver | None] = ContextVar("convkit_output_observer", default=None)
+
+
+@contextlib.contextmanager
+def observing_outputs(observer: OutputObserver) -> Iterator[None]:
+    """While the block runs, ``compare_outputs`` hands ``observer`` each comparison with its arrays
+    (``comparison, expected, actual``): how the HTML report sees every element's error without the report
+    keeping arrays."""
+    token = _observer.set(observer)
+    try:
+        yield
+    finally:
+        _observer.reset(token)
 
 
 def compare_outputs(
@@ -247,7 +333,8 @@ def compare_outputs(
     for name, exp in expected.items():
         if name not in actual:
             exp_arr = np.asarray(exp)
-            atol, rtol = (tolerance or Tolerance()).for_dtype(exp_arr.dtype)
+            tol = tolerance or Tolerance()
+            atol, rtol = tol.for_dtype(exp_arr.dtype)
             results.append(
                 OutputComparison(
                     name=name,
@@ -259,9 +346,14 @@ def compare_outputs(
                     expected_dtype=exp_arr.dtype.name,
                     atol=atol,
                     rtol=rtol,
+                    atol_rule="default" if tol.atol is None else "given",
                     reason=f"the model produced no output named {name!r} (it has: {', '.join(actual)})",
                 )
             )
+            results[-1].tolerance_rule = _rule_text(results[-1], None)
             continue
         results.append(compare_arrays(name, exp, actual[name], tolerance, data_set))
+        observer = _observer.get()
+        if observer is not None:
+            observer(results[-1], np.asarray(exp), np.asarray(actual[name]))
     return results

@@ -17,6 +17,7 @@ from convkit.core.artifacts import (
     read_test_data_set,
 )
 from convkit.core.compare import ParityReport, Tolerance, compare_outputs
+from convkit.core.degenerate import degenerate_outputs
 from convkit.core.inputs import (
     DEFAULT_SEED,
     InputSpec,
@@ -26,7 +27,7 @@ from convkit.core.inputs import (
 from convkit.core.manifest import test_data_folder
 from convkit.core.run import open_session
 from convkit.core.runtime import SessionOptions, TensorSpec, short_provider_name
-from convkit.errors import DataError, InputFileError
+from convkit.errors import ConvkitError, DataError, InputFileError
 from convkit.frontends import (
     Frontend,
     LoadOptions,
@@ -34,6 +35,7 @@ from convkit.frontends import (
     resolve_source,
 )
 from convkit.graph.model import OnnxModel, load_onnx
+from convkit.progress import step
 
 Runtimes = SessionOptions | Sequence[SessionOptions] | None
 
@@ -138,11 +140,14 @@ def check_data_sets(
         rtol=tol.rtol,
     )
     for session, label in zip(sessions, labels, strict=True):
-        for data_set, inputs, expected in checks:
+        for index, (data_set, inputs, expected) in enumerate(checks, 1):
+            step(f"verifying data set {index}/{len(checks)} in onnxruntime ({label})")
             for comparison in compare_outputs(expected, session.run(inputs), tol, data_set=data_set):
                 comparison.runtime = label if len(sessions) > 1 else ""
                 report.comparisons.append(comparison)
+    report.warnings = degenerate_outputs(checks)
     if localize:
+        step(f"localizing the first diverging node against {localize}")
         feeds = {label: inputs for label, inputs, _ in checks}
         _localize_into(report, model, feeds, localize, tol, framework)
     return report
@@ -175,7 +180,7 @@ def _localize_into(
         if automatic and found.first is None:
             # NOTE: why fall back: no paired layer diverging (or none paired) says nothing about the nodes in
             # between; the specification's reference implementation still checks every node.
-            notes = [*found.notes, f"no {found.oracle} diverge ({found.checked_values} checked)"]
+            notes = [*found.notes, found.describe()]
             found = localize(model, data_sets[label], "reference", tol)
             found.notes[:0] = [*notes, "fell back to onnx's reference implementation"]
     else:
@@ -183,6 +188,7 @@ def _localize_into(
         found = localize(model, data_sets[label], reference, tol)
     found.notes.append(f"on data set {label}")
     report.localization = found.to_dict()
+    report.localized_values = found.compared
     report.notes.append(found.describe())
 
 
@@ -233,6 +239,7 @@ def verify_model(
     (an oracle, as for ``verify_testcase``) searches for the first diverging node.
     """
     model = load_onnx(path)
+    step(f"loading {source}")
     frontend, preloaded = resolve_source(source, framework)
     native = frontend.load(source, load_options or LoadOptions(), preloaded)
     if data is not None:
@@ -244,10 +251,36 @@ def verify_model(
         unknown = [s.name for s in input_specs if s.name not in model.input_names]
         if unknown:
             check_names([s.name for s in input_specs], model.input_names, "--input")
-        data_sets = verification_data_sets(specs_from_session(session_probe.inputs, input_specs), seed)
+        specs = specs_from_session(session_probe.inputs, input_specs)
+        data_sets = verification_data_sets(specs, seed, example_sizes(model, specs))
     return verify_native(
         model, frontend, native, data_sets=data_sets, tolerance=tolerance, options=options, localize=localize
     )
+
+
+def example_sizes(model: OnnxModel, specs: Sequence[InputSpec]) -> dict[str, int]:
+    """The sizes the export's example gave the symbolic dimensions past the first axis (a sequence, an
+    audio length), read from the model's ``test_data_set_0``; empty without one. A symbol that is also some
+    input's first axis is a batch, checked at 1 and 3 as usual."""
+    folder = test_data_folder(model.path) / "test_data_set_0"
+    if not folder.is_dir():
+        return {}
+    try:
+        inputs, _ = read_test_data_set(folder, model.input_names)
+    except ConvkitError:
+        return {}
+    sizes: dict[str, int] = {}
+    batches = set()
+    for spec in specs:
+        example = inputs.get(spec.name)
+        for axis, dim in enumerate(spec.dims):
+            if not isinstance(dim, str):
+                continue
+            if axis == 0:
+                batches.add(dim)
+            elif example is not None and example.ndim == len(spec.dims):
+                sizes.setdefault(dim, int(example.shape[axis]))
+    return {sym: size for sym, size in sizes.items() if sym not in batches and size > 0}
 
 
 def verify_native(
@@ -265,6 +298,7 @@ def verify_native(
     # (Theano's successor PyTensor), the report names what computed the reference outputs.
     runner = frontend_info(frontend.name).native_runner or frontend.name
     reference = f"{runner} {frontend.versions().get(runner, '')}".strip()
+    step(f"running {reference} on {len(data_sets)} data set(s)")
     checks = [
         (label, feeds, outputs_by_name(frontend.run(native, feeds), model.output_names, frontend))
         for label, feeds in data_sets

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from convkit.frontends import FRONTENDS, PLANNED
+from convkit.progress import step
 
 PROBE_TIMEOUT_S = 120
 
@@ -105,7 +106,8 @@ def probe_frameworks(names: list[str] | None = None) -> list[FrameworkState]:
         for name in names
     }
     states = []
-    for name, process in running.items():
+    for index, (name, process) in enumerate(running.items(), 1):
+        step(f"probing {name} in its own interpreter ({index}/{len(running)})")
         try:
             stdout, stderr = process.communicate(timeout=PROBE_TIMEOUT_S)
             done: subprocess.CompletedProcess[str] | None = subprocess.CompletedProcess(
@@ -126,6 +128,7 @@ def probe_frameworks(names: list[str] | None = None) -> list[FrameworkState]:
 
 def diagnose(names: list[str] | None = None) -> Diagnosis:
     """The runtime (onnx, onnxruntime and its execution providers) and every front end's state."""
+    step("loading onnx and onnxruntime")
     import onnx
     import onnxruntime as ort
 

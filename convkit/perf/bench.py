@@ -18,8 +18,12 @@ from convkit.core.runtime import RuntimeSession, SessionOptions
 from convkit.graph.flops import count_flops
 from convkit.graph.model import OnnxModel
 from convkit.perf.peak import PeakEstimate
+from convkit.progress import detail, step
 
 Runner = Callable[[], Any]
+# NOTE: why 1.5: a steady run on an idle machine keeps p90 within about 1.2x of the median (the README's
+# table); beyond 1.5x the medians are at the mercy of whatever else ran, and the report says so
+WIDE_SPREAD = 1.5
 
 
 @dataclass
@@ -31,6 +35,7 @@ class Timing:
     median_ms: float
     p10_ms: float
     p90_ms: float
+    p99_ms: float
     calls: int
     samples_per_s: float
     gflops: float | None = None
@@ -42,12 +47,22 @@ class Timing:
 
 @dataclass
 class BenchReport:
+    """Every contender's timings, and what they were measured on (provider, versions, CPU, time)."""
+
     model: str
     threads: int
     flops_per_sample: int
     peak: PeakEstimate | None
     timings: list[Timing] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    provider: str = "cpu"
+    onnxruntime: str = ""
+    cpu_model: str = ""
+    timestamp: str = ""
+    """When the run started, ISO 8601 in UTC."""
+    warmup: int = 5
+    min_calls: int = 20
 
     def ratio(self, batch: int, numerator: str, denominator: str) -> float | None:
         """How many times faster ``numerator`` is than ``denominator`` (median latency), at ``batch``."""
@@ -60,10 +75,17 @@ class BenchReport:
         return {
             "model": self.model,
             "threads": self.threads,
+            "provider": self.provider,
+            "onnxruntime": self.onnxruntime,
+            "cpu_model": self.cpu_model,
+            "timestamp": self.timestamp,
+            "warmup": self.warmup,
+            "min_calls": self.min_calls,
             "flops_per_sample": self.flops_per_sample,
             "peak": None if self.peak is None else dict(self.peak.__dict__),
             "timings": [t.to_dict() for t in self.timings],
             "notes": self.notes,
+            "warnings": self.warnings,
         }
 
 
@@ -131,6 +153,7 @@ def summarize(
         median_ms=median * 1e3,
         p10_ms=percentile(seconds, 10) * 1e3,
         p90_ms=percentile(seconds, 90) * 1e3,
+        p99_ms=percentile(seconds, 99) * 1e3,
         calls=len(seconds),
         samples_per_s=batch / median,
         gflops=gflops,
@@ -139,14 +162,16 @@ def summarize(
 
 
 def onnxruntime_runners(
-    model: OnnxModel, feeds: Mapping[str, np.ndarray], threads: int | None
+    model: OnnxModel, feeds: Mapping[str, np.ndarray], threads: int | None, provider: str = "cpu"
 ) -> dict[str, Runner]:
-    """convkit's tuned session, and onnxruntime with its default session options for comparison."""
+    """convkit's tuned session, and onnxruntime with its default session options for comparison, both on
+    ``provider`` (``cpu``, ``cuda``, ``auto``)."""
     import onnxruntime as ort
 
-    tuned = RuntimeSession(model, SessionOptions(provider="cpu", threads=threads))
+    tuned = RuntimeSession(model, SessionOptions(provider=provider, threads=threads))
     arrays = tuned.check_feeds(feeds)
-    default_session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
+    providers = list(dict.fromkeys([tuned.provider, "CPUExecutionProvider"]))
+    default_session = ort.InferenceSession(str(model.path), providers=providers)
     return {
         "convkit (onnxruntime)": tuned.bind(arrays),
         "onnxruntime defaults": lambda: default_session.run(None, arrays),
@@ -167,49 +192,112 @@ def bench_model(
     min_seconds: float = 1.0,
     peak: PeakEstimate | None = None,
     progress: Callable[[int], None] | None = None,
+    *,
+    provider: str = "cpu",
+    data: Mapping[str, np.ndarray] | None = None,
+    warmup: int = 5,
+    min_calls: int = 20,
 ) -> BenchReport:
     """Benchmark ``path`` in onnxruntime and, with ``source``, the framework's own runners, interleaved.
+
+    Args:
+        batch_sizes: the batch sizes of the random inputs (ignored with ``data``).
+        min_seconds: the least time each batch size is timed for.
+        provider: onnxruntime's execution provider (``cpu``, ``cuda``, ``auto``).
+        data: inputs to time on (names as the model's); one batch, the data's own.
+        warmup: untimed calls of every contender before timing.
+        min_calls: the least timed calls per contender.
 
     NOTE: why the native side is optional: a front end offers its runners (eager, compiled) through an
     optional ``benchmark_runners(model, inputs)`` method; a front end without one is simply not a contender.
     """
+    import datetime
+
+    import onnxruntime as ort
+
     from convkit.core.inputs import random_inputs
-    from convkit.core.runtime import usable_cpu_count
+    from convkit.core.runtime import resolve_providers, short_provider_name, usable_cpu_count
     from convkit.frontends import Benchmarkable, LoadOptions, resolve_source
     from convkit.graph.model import load_onnx
+    from convkit.perf.peak import cpu_model
 
     model = load_onnx(path)
-    specs = _checked_specs(model, batch_sizes, threads)
+    if data is not None:
+        first = np.asarray(next(iter(data.values())))
+        batch_sizes = [int(first.shape[0]) if first.ndim else 1]
+    specs = _checked_specs(model, [] if data is not None else batch_sizes, threads, provider)
     native = frontend = None
     if source is not None:
+        step(f"loading {source}")
         frontend, preloaded = resolve_source(source, framework)
         native = frontend.load(source, LoadOptions(), preloaded)
-    report = BenchReport(str(model.path), threads or usable_cpu_count(), 0, peak)
+    report = BenchReport(
+        str(model.path),
+        threads or usable_cpu_count(),
+        0,
+        peak,
+        provider=short_provider_name(resolve_providers(provider)[0]),
+        onnxruntime=ort.__version__,
+        cpu_model=cpu_model(),
+        timestamp=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        warmup=warmup,
+        min_calls=min_calls,
+    )
     for batch in batch_sizes:
-        feeds = random_inputs(specs, batch)
+        feeds = dict(data) if data is not None else random_inputs(specs, batch)
         flops, unknown = flops_per_sample(model, feeds, batch)
-        report.flops_per_sample = flops
         if unknown:
+            # NOTE: why no count at all: GFLOP/s and a share of peak printed on a partial count mislead
+            flops = 0
+            named = ", ".join(unknown[:3]) + (", ..." if len(unknown) > 3 else "")
             report.notes.append(
-                f"FLOPs of {len(unknown)} node(s) unknown (shapes not inferred): {unknown[:3]}"
+                f"FLOPs not counted: the shapes of {len(unknown)} node(s) stayed unknown ({named}); "
+                "no GFLOP/s or share of peak shown"
             )
-        runners = onnxruntime_runners(model, feeds, threads)
+        report.flops_per_sample = flops
+        runners = onnxruntime_runners(model, feeds, threads, provider)
         _first_calls(runners, model, batch)
         if frontend is not None:
             if isinstance(frontend, Benchmarkable):
                 runners.update(frontend.benchmark_runners(native, feeds))
             else:
                 report.notes.append(f"the {frontend.name} front end offers no benchmark runners")
-        times = interleave(runners, min_seconds=min_seconds, progress=progress)
+        step(f"timing batch {batch}: {', '.join(runners)}")
+        rounds = 0
+
+        def advance(count: int) -> None:
+            nonlocal rounds
+            rounds += count
+            detail(f"round {rounds}")
+            if progress is not None:
+                progress(count)
+
+        times = interleave(runners, warmup, min_calls, min_seconds, progress=advance)
         peak_gflops = None
         if peak is not None:
             peak_gflops = peak.nominal_gflops or peak.measured_gflops
         for name, seconds in times.items():
-            report.timings.append(summarize(name, batch, seconds, flops, peak_gflops))
+            timing = summarize(name, batch, seconds, flops, peak_gflops)
+            report.timings.append(timing)
+            if (warning := spread_warning(timing)) is not None:
+                report.warnings.append(warning)
     return report
 
 
-def check_batch_sizes(path: str, batch_sizes: Sequence[int], threads: int | None = None) -> None:
+def spread_warning(timing: Timing) -> str | None:
+    """A warning when ``timing``'s p90 is more than ``WIDE_SPREAD`` times its median, else ``None``."""
+    if timing.p90_ms <= WIDE_SPREAD * timing.median_ms:
+        return None
+    return (
+        f"{timing.contender} at batch {timing.batch}: p90 is {timing.p90_ms / timing.median_ms:.1f}x the "
+        "median; something else was running or the runtime is unsteady: rerun on a quiet machine, or time "
+        "longer (--seconds, --iterations)"
+    )
+
+
+def check_batch_sizes(
+    path: str, batch_sizes: Sequence[int], threads: int | None = None, provider: str = "cpu"
+) -> None:
     """Refuse batch sizes whose inputs cannot fit in memory, before anything is measured.
 
     NOTE: why the CLI calls this before ``bench_model``: the peak measurement and the framework's start
@@ -220,15 +308,21 @@ def check_batch_sizes(path: str, batch_sizes: Sequence[int], threads: int | None
     """
     from convkit.graph.model import load_onnx
 
-    _checked_specs(load_onnx(path), batch_sizes, threads)
+    _checked_specs(load_onnx(path), batch_sizes, threads, provider)
 
 
-def _checked_specs(model: OnnxModel, batch_sizes: Sequence[int], threads: int | None) -> list[Any]:
-    """The model's input specs, with every batch size's inputs checked against the memory."""
+def _checked_specs(
+    model: OnnxModel, batch_sizes: Sequence[int], threads: int | None, provider: str = "cpu"
+) -> list[Any]:
+    """The model's input specs, with every batch size's inputs checked against the memory.
+
+    Raises:
+        ProviderUnavailableError: ``provider`` is ``cuda`` and this onnxruntime has no CUDA provider.
+    """
     from convkit.api import specs_from_session
     from convkit.core.inputs import check_random_inputs_fit
 
-    probe = RuntimeSession(model, SessionOptions(provider="cpu", threads=threads))
+    probe = RuntimeSession(model, SessionOptions(provider=provider, threads=threads))
     specs = specs_from_session(probe.inputs)
     for batch in batch_sizes:
         check_random_inputs_fit(

@@ -29,6 +29,17 @@ def _cpuinfo() -> str:
         return ""
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else what ``platform`` knows), for benchmark records."""
+    import platform
+
+    for line in _cpuinfo().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            return value.strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def nominal_peak_gflops(cpus: int | None = None) -> tuple[float | None, str]:
     """cores x FP32 lanes x 2 (multiply+add) x FMA units x clock; ``None`` when /proc/cpuinfo lacks them."""
     info = _cpuinfo()

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from convkit.frontends._worker.envs import EnvStatus
     from convkit.graph.info import ModelSummary
     from convkit.perf.bench import BenchReport
+    from convkit.quantize import QuantizeReport
     from convkit.reference.matrix import MatrixReport
 
 # The statuses of a matrix row (``FrameworkResult.status``), in the order its last line counts them.
@@ -48,7 +49,8 @@ def render_summary(summary: ModelSummary) -> str:
 
 
 def render_bench(report: BenchReport) -> str:
-    """``convkit bench``'s table, with speed-ups against the first onnxruntime row at each batch size."""
+    """``convkit bench``'s table, each row's time relative to convkit's onnxruntime session (the first row) at
+    its batch size."""
     rows = []
     for t in report.timings:
         base = next(x for x in report.timings if x.batch == t.batch)
@@ -57,8 +59,8 @@ def render_bench(report: BenchReport) -> str:
                 str(t.batch),
                 t.contender,
                 f"{t.median_ms:.3f}",
-                f"{t.p10_ms:.3f}",
                 f"{t.p90_ms:.3f}",
+                f"{t.p99_ms:.3f}",
                 f"{t.samples_per_s:,.0f}",
                 "-" if t.gflops is None else f"{t.gflops:.1f}",
                 "-" if t.peak_share is None else f"{t.peak_share:.0%}",
@@ -68,16 +70,24 @@ def render_bench(report: BenchReport) -> str:
     headers = [
         "batch",
         "contender",
-        "median ms",
-        "p10 ms",
+        "p50 ms",
         "p90 ms",
+        "p99 ms",
         "samples/s",
         "GFLOP/s",
         "% peak",
-        "time vs ORT",
+        "time / convkit",
     ]
     lines = [
-        f"{report.model}: {report.flops_per_sample / 1e6:.2f} MFLOP per sample, {report.threads} threads",
+        f"{report.model}: "
+        + (
+            f"{report.flops_per_sample / 1e6:.2f} MFLOP per sample"
+            if report.flops_per_sample
+            else "FLOPs not counted"
+        )
+        + f", {report.threads} threads",
+        f"onnxruntime {report.onnxruntime} ({report.provider}) on {report.cpu_model}, {report.timestamp}; "
+        f"{report.warmup} warm-up calls, at least {report.min_calls} timed calls per contender",
     ]
     if report.peak is not None:
         nominal = "unknown" if report.peak.nominal_gflops is None else f"{report.peak.nominal_gflops:.0f}"
@@ -86,7 +96,47 @@ def render_bench(report: BenchReport) -> str:
             f"measured matmul {report.peak.measured_gflops:.0f} GFLOP/s"
         )
     lines.append(format_table(headers, rows))
+    # NOTE: why a legend: convkit's own session is the 1.00x row; without saying so "time vs ORT" read as
+    # convkit against onnxruntime
+    lines.append(
+        "time / convkit: the row's median over convkit's onnxruntime session's at that batch "
+        "(1.00x: that session; 2.00x: twice as slow; 0.50x: twice as fast)"
+    )
     lines += [f"note: {note}" for note in report.notes]
+    lines += [f"warning: {warning}" for warning in report.warnings]
+    return "\n".join(lines)
+
+
+def render_quantize(report: QuantizeReport) -> str:
+    """``convkit quantize``'s text: every bar with its value, the measurements, size, speed and verdict.
+
+    NOTE: why every line from the report's own fields: the text must say what ``--json`` holds.
+    """
+    scheme = "" if report.per_channel is None else (" per-channel" if report.per_channel else " per-tensor")
+    lines = [f"{report.mode}{scheme} vs fp32 on {report.samples} samples:"]
+    lines += [f"  {check.describe()}" for check in report.checks]
+    lines.append(
+        f"  measured: max abs diff {report.max_abs_diff:.3g}, mean abs diff {report.mean_abs_diff:.3g}, "
+        f"relative error {report.rel_error:.3g}, cosine similarity {report.cosine:.6f}"
+    )
+    ratio = report.quantized_bytes / report.fp32_bytes if report.fp32_bytes else float("nan")
+    lines.append(
+        f"size: fp32 {report.fp32_bytes:,} -> {report.mode} {report.quantized_bytes:,} bytes "
+        f"({ratio:.2f}x: {'LARGER' if report.larger else 'smaller'})"
+    )
+    if report.speedup is not None:
+        lines.append(
+            f"speed: fp32 {report.fp32_ms:.3f} ms, {report.mode} {report.quantized_ms:.3f} ms per batch "
+            f"({report.speedup:.2f}x: {'faster' if report.faster else 'NOT faster'})"
+        )
+    lines += [f"note: {note}" for note in report.notes]
+    failed = "; ".join(check.describe(verdict=False) for check in report.checks if not check.passed)
+    if report.passed:
+        lines.append(f"PASS: wrote {report.output}")
+    elif report.written:
+        lines.append(f"FAIL: {failed}; written anyway (--force): {report.output}")
+    else:
+        lines.append(f"FAIL: {failed}; not written (--force writes it anyway)")
     return "\n".join(lines)
 
 

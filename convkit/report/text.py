@@ -30,8 +30,15 @@ def format_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def tolerance_text(comparison: OutputComparison) -> str:
-    """The tolerance a comparison was held to, as ``atol=..., rtol=...``."""
-    return f"atol={comparison.atol:g}, rtol={comparison.rtol:g}"
+    """The tolerance a comparison was held to, in the words of the rule that decided it
+    (``OutputComparison.tolerance_rule``, the same string as in the JSON report)."""
+    return comparison.tolerance_rule or f"atol {comparison.atol:g} + rtol {comparison.rtol:g} * |expected|"
+
+
+def _atol_cell(c: OutputComparison) -> str:
+    if c.atol_rule == "exact":
+        return "exact"
+    return f"{format_number(c.atol)} ({c.atol_rule})"
 
 
 def _shape(shape: list[int]) -> str:
@@ -52,8 +59,11 @@ def render_text(report: ParityReport) -> str:
             format_number(c.max_abs_diff),
             format_number(c.max_rel_diff),
             "-" if c.mismatch_fraction is None else f"{c.mismatch_fraction:.2%}",
-            format_number(c.min_passing_atol),
             "-" if c.cosine_similarity is None else f"{c.cosine_similarity:.6f}",
+            _atol_cell(c),
+            # NOTE: why only on failures: on a pass the atol that would pass is usually 0 (rtol covers it),
+            # a number that says nothing; on a failure it is the one to look at (as Polygraphy prints it)
+            "-" if c.passed else format_number(c.min_passing_atol),
             "PASS" if c.passed else "FAIL",
         ]
         for c in report.comparisons
@@ -65,14 +75,16 @@ def render_text(report: ParityReport) -> str:
         "max abs",
         "max rel",
         "mismatch",
-        "min atol",
         "cosine",
+        "atol (rule)",
+        "min atol",
         "result",
     ]
     if with_runtime:
         headers.insert(0, "runtime")
     lines = [head, format_table(headers, rows)]
     lines += [f"note: {note}" for note in report.notes]
+    lines += [f"warning: {w.message}" for w in report.warnings]
     lines.append(verdict(report))
     return "\n".join(lines)
 
@@ -86,8 +98,9 @@ def verdict(report: ParityReport) -> str:
     assert worst is not None
     if report.passed:
         return (
-            f"PASS: {len(report.comparisons)} output comparisons over {data_sets} data set(s) within "
-            f"{tolerance_text(worst)}; largest difference {format_number(worst.max_abs_diff)}"
+            f"PASS: {len(report.comparisons)} output comparisons over {data_sets} data set(s); largest "
+            f"difference {format_number(worst.max_abs_diff)}, held to {tolerance_text(worst)}"
+            + (f" ({len(report.warnings)} degenerate output(s): see the warnings)" if report.warnings else "")
         )
     failed = [c for c in report.comparisons if not c.passed]
     where = f" on {worst.runtime}" if worst.runtime else ""

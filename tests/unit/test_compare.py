@@ -107,3 +107,46 @@ def test_report_json_has_documented_schema_and_no_non_finite_numbers():
 
 def test_empty_report_does_not_pass():
     assert not ParityReport(model="m", reference="r", provider="cpu").passed
+
+
+def test_default_atol_scales_with_the_outputs_magnitude():
+    """Large float32 logits (a ResNet-50's reach 1e3) differ by ~1e-3 near zero after another summation
+    order: correct, and passed by the scale rule, which the report names."""
+    expected = np.array([1159.0, 0.001, -3.0], dtype=np.float32)
+    actual = expected + np.array([0.0, 8.2e-4, 0.0], dtype=np.float32)
+    c = compare_arrays("logits", expected, actual)
+    assert c.passed
+    assert c.atol_rule == "scale" and c.expected_scale == pytest.approx(1159.0)
+    assert c.atol == pytest.approx(1e-5 * 1159.0)
+    assert c.tolerance_rule.startswith("atol 0.0116 (scale: 1e-05 * max|expected| 1.16e+03)")
+    # the same error on an output of magnitude 1 is a real difference
+    small = np.array([1.0, 0.001], dtype=np.float32)
+    assert not compare_arrays("y", small, small + np.float32(8.2e-4)).passed
+
+
+def test_a_given_atol_is_never_scaled():
+    expected = np.array([1159.0, 0.001], dtype=np.float32)
+    actual = expected + np.array([0.0, 8.2e-4], dtype=np.float32)
+    c = compare_arrays("logits", expected, actual, Tolerance(atol=1e-5))
+    assert not c.passed
+    assert (c.atol, c.atol_rule) == (1e-5, "given")
+    assert "atol 1e-05 (given)" in c.reason
+    # a given rtol alone keeps the scaled default atol
+    assert compare_arrays("logits", expected, actual, Tolerance(rtol=1e-6)).atol_rule == "scale"
+
+
+def test_small_outputs_keep_the_dtype_default_and_exact_outputs_say_so():
+    x = np.array([0.5, -0.25], dtype=np.float32)
+    c = compare_arrays("y", x, x.copy())
+    assert (c.atol, c.atol_rule) == (1e-5, "default")
+    assert c.tolerance_rule == "atol 1e-05 (default) + rtol 0.0001 * |expected|"
+    ids = compare_arrays("ids", np.array([1, 2]), np.array([1, 2]))
+    assert (ids.atol_rule, ids.tolerance_rule) == ("exact", "exact (int64)")
+
+
+def test_json_report_carries_the_rule_and_warnings_fields():
+    report = ParityReport(model="m.onnx", reference="stored outputs", provider="cpu")
+    report.comparisons = compare_outputs({"y": np.ones(3, np.float32)}, {"y": np.ones(3, np.float32)})
+    data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
+    assert data["warnings"] == []
+    assert {"atol_rule", "expected_scale", "tolerance_rule"} <= set(data["outputs"][0])

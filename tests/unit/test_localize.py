@@ -124,3 +124,83 @@ def test_node_source_reads_the_torch_exporters_scopes_and_stack():
     helper.set_metadata_props(functional, {"pkg.torch.onnx.name_scopes": "['', 'relu']"})
     assert node_source(functional) == "relu"
     assert node_source(helper.make_node("Relu", ["y"], ["z"])) is None
+
+
+def _conv_bn_relu(tmp_path, momentum):
+    """Conv -> BatchNormalization (opset 13, with ``momentum`` as mx.onnx and onnx-chainer write it) -> Relu,
+    with running statistics away from the identity."""
+    rng = np.random.default_rng(2)
+    weights = {
+        "w": rng.standard_normal((4, 3, 3, 3)),
+        "scale": rng.uniform(0.5, 1.5, 4),
+        "b": rng.uniform(-0.2, 0.2, 4),
+        "mean": rng.uniform(-0.5, 0.5, 4),
+        "var": rng.uniform(0.5, 2.0, 4),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "BatchNormalization", ["c", "scale", "b", "mean", "var"], ["n"], name="bn", momentum=momentum
+        ),
+        helper.make_node("Relu", ["n"], ["y"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "bn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 8, 8])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path)
+
+
+BN_X = {"x": np.random.default_rng(3).standard_normal((2, 3, 8, 8)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("momentum", [0.9, 0.0])
+def test_batchnorm_with_momentum_is_not_accused(tmp_path, momentum):
+    """onnx's own reference normalizes with the batch's statistics when ``momentum`` is set; convkit's oracle
+    runs inference as onnxruntime and the frameworks do, so a correct model localizes to nothing."""
+    from onnx.reference import ReferenceEvaluator
+
+    from convkit.diagnose.localize import onnxruntime_evaluator
+
+    model = _conv_bn_relu(tmp_path, momentum)
+    stock = ReferenceEvaluator(model.proto).run(["n"], BN_X)[0]
+    runtime = onnxruntime_evaluator(model.proto)(["n"], BN_X)[0]
+    assert np.abs(stock - runtime).max() > 0.1  # the oracle bug this guards against is real
+    found = localize(model, BN_X, "reference")
+    assert found.first is None and found.disputed == [], found.describe()
+    assert (found.checked_values, found.values_total) == (3, 3)
+    assert "3 of 3 values compared" in found.describe()
+
+
+def test_the_cross_check_sides_with_the_right_execution(tmp_path):
+    """A node alone in unoptimized onnxruntime disputes an oracle value that is off, and confirms one that
+    is right while onnxruntime is off."""
+    from convkit.diagnose.oracles import cross_check_node
+
+    model = _conv_bn_relu(tmp_path, 0.9)
+    feeds = {"c": np.random.default_rng(4).standard_normal((2, 4, 8, 8)).astype(np.float32)}
+    expected = _bn_inference(model.proto, feeds["c"])
+    disputed = cross_check_node(model.proto, 1, "reference", feeds, expected + 1.0, expected, None)
+    assert disputed.verdict == "disputed" and disputed.by == "unoptimized onnxruntime"
+    confirmed = cross_check_node(model.proto, 1, "reference", feeds, expected, expected + 1.0, None)
+    assert confirmed.verdict == "confirmed"
+
+
+def _bn_inference(proto, c):
+    w = {t.name: numpy_helper.to_array(t).reshape(-1, 1, 1) for t in proto.graph.initializer if t.name != "w"}
+    return ((c - w["mean"]) / np.sqrt(w["var"] + 1e-5) * w["scale"] + w["b"]).astype(np.float32)
+
+
+def test_a_divergence_names_its_node_and_says_how_far_the_comparison_went(original, tmp_path):
+    proto = onnx.load(original.path)
+    _relu_to_leaky(proto)
+    faulty = _save(proto, tmp_path / "faulty")
+    found = localize(faulty, X, original, chunk=2)
+    data = found.to_dict()
+    assert data["first_divergence"]["node"] == "relu3"
+    assert data["checked_values"] < data["values_total"] == 11
+    assert f"{data['checked_values']} of {data['values_total']} values compared" in found.describe()
+    assert data["cross_check"] is None and data["disputed"] == []

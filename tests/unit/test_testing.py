@@ -12,6 +12,8 @@ from onnx import numpy_helper
 
 from convkit.testing import ParityAssertionError, assert_parity
 
+pytest_plugins = ["pytester"]
+
 
 def _tampered_copy(case, tmp_path):
     target = tmp_path / case.name
@@ -86,4 +88,30 @@ def test_pytest_plugin_fixture_and_reports(cnn_case, tmp_path):
     assert "ParityAssertionError" in done.stdout
     written = sorted(reports.glob("*.json"))
     assert [p.name for p in written] == ["test_user.py_test_bad-0.json", "test_user.py_test_good-0.json"]
+    assert [json.loads(p.read_text())["passed"] for p in written] == [False, True]
+
+
+def test_a_direct_call_writes_its_report_and_a_failure_shows_the_users_line(pytester, cnn_case, tmp_path):
+    broken = _tampered_copy(cnn_case, tmp_path / "broken")
+    pytester.makepyfile(
+        test_direct=f"""
+        from convkit.testing import assert_parity
+
+
+        def test_good():
+            assert_parity({str(cnn_case)!r})
+
+
+        def test_bad():
+            assert_parity({str(broken)!r})  # the user's own line
+        """
+    )
+    reports = tmp_path / "reports"
+    result = pytester.runpytest_inprocess(f"--convkit-reports={reports}", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    shown = result.stdout.str()
+    assert "# the user's own line" in shown and "ParityAssertionError" in shown
+    assert "def assert_parity" not in shown and "tolerance = Tolerance(" not in shown
+    written = sorted(reports.glob("*.json"))
+    assert [p.name for p in written] == ["test_direct.py_test_bad-0.json", "test_direct.py_test_good-0.json"]
     assert [json.loads(p.read_text())["passed"] for p in written] == [False, True]

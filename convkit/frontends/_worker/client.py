@@ -27,6 +27,7 @@ from convkit.errors import (
     ModelLoadError,
     UnsafeModelError,
 )
+from convkit.progress import step
 
 TIMEOUT_VARIABLE = "CONVKIT_WORKER_TIMEOUT"
 STDERR_TAIL_LINES = 40
@@ -169,6 +170,7 @@ def call_worker(
         env.update(worker.quiet_env)
     # NOTE: why drop PYTHONHOME: it would point the environment's interpreter at another installation.
     env.pop("PYTHONHOME", None)
+    step(f"starting the {worker.name} environment ({kind})")
     with open(stderr_path, "wb") as stderr_file:
         process = subprocess.Popen(
             [

@@ -82,14 +82,15 @@ def test_matrix_with_torch_agrees(tmp_path):
     assert_matrix_agrees_with_torch("chainer", "onnx-chainer", tmp_path)
 
 
-def test_train_one_epoch_writes_canonical_weights_that_load_in_caffe_mxnet_and_theano(tmp_path):
+def test_train_one_epoch_writes_canonical_weights_that_load_in_caffe_mxnet_and_theano(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONVKIT_PROGRESS", "lines")  # the epochs as progress lines
     weights = tmp_path / "w.npz"
     done = run_convkit("train", "--framework", "chainer", "--epochs", "1", "-o", str(weights))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "chainer: 1 epochs" in done.stdout
     accuracy = float(done.stdout.split("test accuracy ")[1].split(";")[0])
     assert accuracy > 0.8  # one epoch over 1,437 digits; chance is 0.1
-    assert "val_accuracy" in done.stderr  # the worker's progress lines reached the progress bar
+    assert "val_accuracy" in done.stderr  # the worker's epochs reached the progress lines
     with np.load(weights) as archive:
         assert archive["fc1.weight"].shape == (128, 1600) and archive["conv1.weight"].shape == (32, 1, 3, 3)
 
