@@ -1,10 +1,11 @@
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from convkit.graph.flops import count_flops
 from convkit.graph.model import load_onnx
-from convkit.perf.bench import bench_model, interleave
+from convkit.perf.bench import bench_model, interleave, spread_warning, summarize
 from convkit.perf.peak import nominal_peak_gflops
 
 
@@ -36,6 +37,25 @@ def test_grouped_conv_and_matmul_flops():
     flops, unknown = count_flops(model, {"x": (1, 8, 8, 8)})
     assert unknown == []
     assert flops == 2 * (8 * 6 * 6 * 2 * 9) + 2 * (5 * 288)
+
+
+def test_einsum_and_batched_matmul_flops_as_attention_computes_them():
+    # (batch 2, heads 4, seq 16, head 8): scores = q k^T by Einsum, then scores @ v by a batched MatMul
+    q, k, v = (helper.make_tensor_value_info(n, TensorProto.FLOAT, ["b", 4, 16, 8]) for n in "qkv")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Einsum", ["q", "k"], ["s"], equation="bhqd,bhkd->bhqk"),
+            helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+            helper.make_node("MatMul", ["p", "v"], ["y"]),
+        ],
+        "attention",
+        [q, k, v],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    flops, unknown = count_flops(model, {name: (2, 4, 16, 8) for name in "qkv"})
+    assert unknown == []
+    assert flops == 2 * (2 * 4 * 16 * 16 * 8) * 2  # q k^T and p v, each 2*4*16*16*8 multiply-adds
 
 
 def test_interleave_times_every_runner_alike():
@@ -82,3 +102,11 @@ def test_bench_model_reports_every_batch_size(cnn_case):
     assert report.flops_per_sample == 5_262_080
     assert report.ratio(4, "convkit (onnxruntime)", "onnxruntime defaults") > 0
     assert onnx.load(cnn_case / "model.onnx")  # the model is untouched
+
+
+def test_a_wide_spread_is_warned_about_and_a_steady_one_is_not():
+    steady = summarize("convkit (onnxruntime)", 1, [0.001] * 90 + [0.0011] * 10, 0, None)
+    assert steady.p99_ms == pytest.approx(1.1) and spread_warning(steady) is None
+    noisy = summarize("torch eager", 64, [0.001] * 80 + [0.003] * 20, 0, None)
+    assert noisy.p90_ms == pytest.approx(3.0)
+    assert spread_warning(noisy).startswith("torch eager at batch 64: p90 is 3.0x the median")
