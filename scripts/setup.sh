@@ -29,4 +29,11 @@ fi
 # (convkit/frontends/*/*.lock), driven by convkit as subprocess workers. Idempotent too: about 0.1 s each when up to
 # date, 5-20 s each the first time.
 "$venv/bin/convkit" env create
+# NOTE: why a system package: the HTML report's test opens the page in a real headless browser, and Chromium
+# comes from Debian's packages (apt needs root; elsewhere that one test skips and says why)
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium (the HTML report's browser test)"
+    { apt-get install -y -qq chromium chromium-driver || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }; } >/dev/null 2>&1 \
+        || echo "setup: chromium could not be installed; the browser test will skip"
+fi
 echo "setup: done; run .venv/bin/convkit --help"
