@@ -77,10 +77,6 @@ def matrix(
 
     outputs = {"--json": json_path, "--junit": junit, "--html": html}
     check_outputs(outputs, [weights], folders={"--out-dir": out_dir})
-    if html is not None:
-        from convkit.report.html import require_matplotlib
-
-        require_matplotlib()  # before the long work
     from convkit.progress import step
 
     names = [part.strip() for part in frameworks.split(",") if part.strip()] if frameworks else None

@@ -196,10 +196,7 @@ def _recorded_errors(enabled: bool) -> Iterator[list[tuple[Any, Any]]]:
         yield recorded
         return
     from convkit.core.compare import observing_outputs
-    from convkit.report.html import require_matplotlib
     from convkit.report.plots import summarize_errors
-
-    require_matplotlib()  # before the long work
 
     def record(comparison: Any, expected: Any, actual: Any) -> None:
         recorded.append((comparison, summarize_errors(expected, actual, comparison.atol, comparison.rtol)))

@@ -37,12 +37,23 @@ localize_option = click.option(
     "onnxruntime, or a reference model's path.",
 )
 
+
+def _require_matplotlib(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse ``--html`` where matplotlib is missing while the arguments are read, before any long work."""
+    if value is not None:
+        from convkit.report.html import require_matplotlib
+
+        require_matplotlib()
+    return value
+
+
 html_option = click.option(
     "--html",
     "html",
     type=click.Path(),
     default=None,
     metavar="REPORT.html",
+    callback=_require_matplotlib,
     help="write a self-contained HTML report with plots (needs matplotlib: pip install 'convkit[html]').",
 )
 

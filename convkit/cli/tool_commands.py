@@ -102,10 +102,6 @@ def bench(
     from convkit.perf.bench import check_batch_sizes
 
     check_outputs({"--json": json_path, "--html": html}, [model, source, data])
-    if html is not None:
-        from convkit.report.html import require_matplotlib
-
-        require_matplotlib()  # before the long work
     check_batch_sizes(model, [] if data else sizes, threads, provider.lower())
     feeds = None
     if data is not None:
@@ -200,10 +196,7 @@ def quantize(
     errors: list[tuple[str, Any]] = []
     observe = None
     if html is not None:
-        from convkit.report.html import require_matplotlib
         from convkit.report.plots import summarize_errors
-
-        require_matplotlib()  # before the long work
 
         def observe(name: str, fp32: Any, quantized: Any) -> None:
             summary = summarize_errors(fp32, quantized, max_abs_diff or 0.0, 0.0)

@@ -1,4 +1,5 @@
-"""What each real-architecture test proved, for the README's coverage table (``scripts/realarch_table.py``).
+"""What the real-architecture tests share: ``verified`` (verify with a JSON report, which must pass) and
+``record``, what each test proved, for the README's coverage table (``scripts/realarch_table.py``).
 
 A test calls ``record`` after its checks passed; with ``CONVKIT_REALARCH_RECORDS=DIR`` set, one JSON file per
 case lands in DIR (the table script sets it); otherwise nothing is written.
@@ -12,7 +13,19 @@ import re
 from pathlib import Path
 from typing import Any
 
+from conftest import run_convkit
+
 ENV_VAR = "CONVKIT_REALARCH_RECORDS"
+
+
+def verified(model: Path, source: str, data: str, report: Path) -> dict[str, Any]:
+    """``convkit verify MODEL --source SOURCE --data DATA --report REPORT``: asserts it passed, returns the
+    report."""
+    done = run_convkit("verify", str(model), "--source", source, "--data", data, "--report", str(report))
+    assert done.returncode == 0, done.stdout + done.stderr
+    result: dict[str, Any] = json.loads(report.read_text())
+    assert result["passed"]
+    return result
 
 
 def max_abs_diff(report: dict[str, Any]) -> float:

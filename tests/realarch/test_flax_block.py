@@ -7,14 +7,13 @@ Below it, the rule that decides which axes of ``--data`` stay open, on two plain
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from conftest import ROOT, run_convkit
-from records import max_abs_diff, record
+from records import max_abs_diff, record, verified
 
 pytest.importorskip("jax")
 pytest.importorskip("flax")
@@ -31,14 +30,6 @@ SOURCE = f"{ROOT / 'fixtures' / 'models' / 'jax_models.py'}:transformer_block"
 def _tokens(path: Path, batch: int, seq: int, seed: int) -> str:
     np.savez(path, x=np.random.default_rng(seed).standard_normal((batch, seq, 32)).astype("float32"))
     return str(path)
-
-
-def _verify(model: Path, data: str, report: Path) -> dict[str, Any]:
-    done = run_convkit("verify", str(model), "--source", SOURCE, "--data", data, "--report", str(report))
-    assert done.returncode == 0, done.stdout + done.stderr
-    result: dict[str, Any] = json.loads(report.read_text())
-    assert result["passed"]
-    return result
 
 
 @pytest.mark.slow
@@ -61,8 +52,8 @@ def test_flax_transformer_block_exports_with_an_open_sequence_length(tmp_path):
     output = numpy_helper.to_array(onnx.load_tensor(str(stored)))
     assert np.abs(output[0] - output[1]).max() > 1e-3 * np.abs(output).max()
 
-    at_first = _verify(model, first, tmp_path / "first.json")
-    at_second = _verify(model, second, tmp_path / "second.json")
+    at_first = verified(model, SOURCE, first, tmp_path / "first.json")
+    at_second = verified(model, SOURCE, second, tmp_path / "second.json")
     assert at_second["outputs"][0]["shape"] == [3, 9, 32]
     record(
         "jax",

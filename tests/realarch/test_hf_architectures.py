@@ -7,15 +7,13 @@ stay static, and the export must say so.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from conftest import run_convkit
-from records import max_abs_diff, record
+from records import max_abs_diff, record, verified
 
 pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
@@ -139,16 +137,6 @@ def onnx_dims(model: Path, which: str) -> dict[str, list[int | str]]:
     }
 
 
-def verified(model: Path, source: str, data: str, report: Path) -> dict[str, Any]:
-    done = run_convkit("verify", str(model), "--source", source, "--data", data, "--report", str(report))
-    assert done.returncode == 0, done.stdout + done.stderr
-    result = json.loads(report.read_text())
-    assert result["passed"]
-    # NOTE: why both keys: the report lists its comparisons under "outputs" (README, Report schema);
-    # records.max_abs_diff reads "comparisons"
-    return {**result, "comparisons": result.get("comparisons", result["outputs"])}
-
-
 @pytest.mark.parametrize("case", CASES, ids=[case.factory for case in CASES])
 def test_exports_from_example_data_and_holds_parity_at_another_size(case: Case, tmp_path: Path) -> None:
     source = f"{SOURCE}:{case.factory}"
@@ -167,7 +155,7 @@ def test_exports_from_example_data_and_holds_parity_at_another_size(case: Case, 
     r1 = verified(model, source, first, tmp_path / "r1.json")
     second = write_data(tmp_path / "b.npz", case, case.second, 1)
     r2 = verified(model, source, second, tmp_path / "r2.json")
-    shapes = {c["shape"][0] for c in r2["comparisons"]}
+    shapes = {c["shape"][0] for c in r2["outputs"]}
     assert shapes == {case.second.batch}
     record(
         "torch",

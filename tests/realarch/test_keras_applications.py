@@ -10,14 +10,12 @@ Random weights (``fixtures/models/keras_apps.py``), livened so that outputs depe
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from conftest import ROOT, run_convkit
-from records import max_abs_diff, record
+from records import max_abs_diff, record, verified
 
 for _package in ("tensorflow", "keras", "tf2onnx"):
     if importlib.util.find_spec(_package) is None:
@@ -55,14 +53,6 @@ def _shape_text(shape: tuple[int, ...]) -> str:
     return f"batch {shape[0]}, {shape[1]}x{shape[2]}"
 
 
-def _verify(model: Path, source: str, data: str, report: Path) -> dict[str, Any]:
-    done = run_convkit("verify", str(model), "--source", source, "--data", data, "--report", str(report))
-    assert done.returncode == 0, done.stdout + done.stderr
-    result: dict[str, Any] = json.loads(report.read_text())
-    assert result["passed"]
-    return result
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_keras_application_exports_and_holds_parity_at_another_shape(tmp_path, name):
     import onnx
@@ -89,8 +79,8 @@ def test_keras_application_exports_and_holds_parity_at_another_shape(tmp_path, n
     output = numpy_helper.to_array(onnx.load_tensor(str(stored[0])))
     assert np.abs(output[0] - output[1]).max() > 1e-3 * np.abs(output).max()
 
-    at_first = _verify(model, source, data_first, tmp_path / "first.json")
-    at_second = _verify(model, source, data_second, tmp_path / "second.json")
+    at_first = verified(model, source, data_first, tmp_path / "first.json")
+    at_second = verified(model, source, data_second, tmp_path / "second.json")
     assert [o["shape"][0] for o in at_second["outputs"]] == [second[0]] * len(at_second["outputs"])
     record(
         "tensorflow",

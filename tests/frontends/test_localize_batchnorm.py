@@ -1,8 +1,8 @@
-"""`convkit verify --localize` on a correct onnx-chainer export with BatchNorm reports no divergence:
-onnx-chainer writes ``momentum=0.0`` on its BatchNormalization nodes, which onnx's own reference
-implementation reads as training mode (the batch's statistics); convkit's oracle must not accuse the
-BatchNorm. Real chainer, onnx-chainer and onnxruntime; skipped with the reason when the environment is not
-created."""
+"""`convkit verify --localize` on a correct mx.onnx or onnx-chainer export with BatchNorm reports no
+divergence: mx.onnx writes ``momentum=0.9`` and onnx-chainer ``momentum=0.0`` on their BatchNormalization
+nodes, which onnx's own reference implementation reads as training mode (the batch's statistics); convkit's
+oracle must not accuse the BatchNorm. Real mxnet/chainer, their exporters and onnxruntime; each framework's
+cases skip with the reason when its environment is not created."""
 
 from __future__ import annotations
 
@@ -14,32 +14,37 @@ from conftest import ROOT, run_convkit
 
 from convkit.frontends._worker.envs import unavailable_reason
 
-_REASON = unavailable_reason("chainer")
-if _REASON is not None:
-    pytest.skip(_REASON, allow_module_level=True)
-
-pytestmark = pytest.mark.chainer
-
-SOURCE = f"{ROOT / 'fixtures' / 'models' / 'chainer_models.py'}:bn_branches"
+MODELS = ROOT / "fixtures" / "models"
+CASES = {
+    "mxnet": f"{MODELS / 'mxnet_models.py'}:residual_bn",
+    "chainer": f"{MODELS / 'chainer_models.py'}:bn_branches",
+}
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    target = tmp_path_factory.mktemp("chainer_bn") / "model.onnx"
+@pytest.fixture(
+    scope="module", params=[pytest.param(name, marks=getattr(pytest.mark, name)) for name in CASES]
+)
+def exported(request, tmp_path_factory):
+    framework = request.param
+    reason = unavailable_reason(framework)
+    if reason is not None:
+        pytest.skip(reason)
+    target = tmp_path_factory.mktemp(f"{framework}_bn") / "model.onnx"
     done = run_convkit(
-        "export", SOURCE, "--framework", "chainer", "--input", "x:batch,3,16,16", "-o", str(target)
+        "export", CASES[framework], "--framework", framework, "--input", "x:batch,3,16,16", "-o", str(target)
     )
     assert done.returncode == 0, done.stdout + done.stderr
     batch_norms = [n for n in onnx.load(str(target)).graph.node if n.op_type == "BatchNormalization"]
     assert batch_norms and all(any(a.name == "momentum" for a in n.attribute) for n in batch_norms)
-    return target
+    return framework, target
 
 
 @pytest.mark.parametrize("oracle", ["reference", "unoptimized"])
 def test_localize_on_a_correct_model_with_batchnorm_reports_no_divergence(exported, tmp_path, oracle):
+    framework, model = exported
     report = tmp_path / "report.json"
     done = run_convkit(
-        "verify", str(exported), "--source", SOURCE, "--framework", "chainer",
+        "verify", str(model), "--source", CASES[framework], "--framework", framework,
         "--localize", oracle, "--report", str(report),
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
