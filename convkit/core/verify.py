@@ -31,6 +31,7 @@ from convkit.errors import ConvkitError, DataError, InputFileError
 from convkit.frontends import (
     Frontend,
     LoadOptions,
+    Releasable,
     frontend_info,
     resolve_source,
 )
@@ -57,7 +58,7 @@ def verify_testcase(
     ``localize`` (an oracle: ``reference``, ``unoptimized`` or a reference model's path) also searches for
     the first diverging node, on the first data set that fails (or the first one).
     """
-    model = load_onnx(path)
+    model = load_onnx(path, weights=localize is not None)
     data_sets = list_test_data_sets(test_data_folder(model.path)) or list_test_data_sets(model.path.parent)
     notes = check_recorded_test_data(model.path, data_sets)
     if not data_sets:
@@ -124,27 +125,31 @@ def check_data_sets(
     under one optimization level; one command and one report show which configuration is at fault.
     """
     configs = [runtimes] if isinstance(runtimes, SessionOptions) or runtimes is None else list(runtimes)
-    sessions = [open_session(model, config, checks[0][1]) for config in configs]
     levels = {config.optimization for config in configs if config is not None}
-    labels = [
-        short_provider_name(s.provider) + (f"/{s.options.optimization}" if len(levels) > 1 else "")
-        for s in sessions
-    ]
     tol = tolerance or Tolerance()
     report = ParityReport(
         model=str(model.path),
         reference=reference,
-        provider=",".join(dict.fromkeys(labels)),
-        notes=[*model.notes, *(note for s in sessions for note in s.notes)],
+        provider="",
+        notes=list(model.notes),
         atol=tol.atol,
         rtol=tol.rtol,
     )
-    for session, label in zip(sessions, labels, strict=True):
+    labels: list[str] = []
+    # NOTE: why one session at a time: each holds its own copy of the weights
+    for config in configs:
+        session = open_session(model, config, checks[0][1])
+        label = short_provider_name(session.provider)
+        label += f"/{session.options.optimization}" if len(levels) > 1 else ""
+        labels.append(label)
+        report.notes.extend(note for note in session.notes if note not in report.notes)
         for index, (data_set, inputs, expected) in enumerate(checks, 1):
             step(f"verifying data set {index}/{len(checks)} in onnxruntime ({label})")
             for comparison in compare_outputs(expected, session.run(inputs), tol, data_set=data_set):
-                comparison.runtime = label if len(sessions) > 1 else ""
+                comparison.runtime = label if len(configs) > 1 else ""
                 report.comparisons.append(comparison)
+        del session
+    report.provider = ",".join(dict.fromkeys(labels))
     report.warnings = degenerate_outputs(checks)
     if localize:
         step(f"localizing the first diverging node against {localize}")
@@ -238,24 +243,23 @@ def verify_model(
     Without ``data``, every symbolic dimension is checked at two sizes (seeded random inputs). ``localize``
     (an oracle, as for ``verify_testcase``) searches for the first diverging node.
     """
-    model = load_onnx(path)
-    step(f"loading {source}")
-    frontend, preloaded = resolve_source(source, framework)
-    native = frontend.load(source, load_options or LoadOptions(), preloaded)
+    model = load_onnx(path, weights=localize is not None)
     if data is not None:
         feeds = load_arrays(data, model.input_names)
         check_names(list(feeds), model.input_names, f"the data in {data}")
         data_sets = [(Path(data).name, feeds)]
     else:
-        session_probe = open_session(model)
         unknown = [s.name for s in input_specs if s.name not in model.input_names]
         if unknown:
             check_names([s.name for s in input_specs], model.input_names, "--input")
-        specs = specs_from_session(session_probe.inputs, input_specs)
+        # NOTE: why a session closed before the framework loads: onnxruntime's view of the inputs (after an
+        # opset upgrade, say) decides the data, and its weights and the framework's never meet in memory
+        specs = specs_from_session(open_session(model).inputs, input_specs)
         data_sets = verification_data_sets(specs, seed, example_sizes(model, specs))
-    return verify_native(
-        model, frontend, native, data_sets=data_sets, tolerance=tolerance, options=options, localize=localize
-    )
+    step(f"loading {source}")
+    frontend, preloaded = resolve_source(source, framework)
+    native = frontend.load(source, load_options or LoadOptions(), preloaded)
+    return _verify(model, frontend, native, True, data_sets, tolerance, options, localize)
 
 
 def example_sizes(model: OnnxModel, specs: Sequence[InputSpec]) -> dict[str, int]:
@@ -294,6 +298,21 @@ def verify_native(
     localize: str | None = None,
 ) -> ParityReport:
     """Compare onnxruntime with an already loaded framework model on labelled data sets."""
+    return _verify(model, frontend, native, False, data_sets, tolerance, options, localize)
+
+
+def _verify(
+    model: OnnxModel,
+    frontend: Frontend,
+    native: Any,
+    owned: bool,
+    data_sets: Sequence[tuple[str, Mapping[str, np.ndarray]]],
+    tolerance: Tolerance | None,
+    options: Runtimes,
+    localize: str | None,
+) -> ParityReport:
+    """``verify_native``; an ``owned`` model (``verify_model`` loaded it) has its weights freed once its
+    outputs are computed, unless ``localize`` needs it (see ``core.export._export``)."""
     # NOTE: why a runner name: where the framework itself cannot run (Caffe) or goes by another name
     # (Theano's successor PyTensor), the report names what computed the reference outputs.
     runner = frontend_info(frontend.name).native_runner or frontend.name
@@ -303,4 +322,6 @@ def verify_native(
         (label, feeds, outputs_by_name(frontend.run(native, feeds), model.output_names, frontend))
         for label, feeds in data_sets
     ]
+    if owned and not localize and isinstance(frontend, Releasable):
+        frontend.release(native)
     return check_data_sets(model, reference, checks, tolerance, options, localize, (frontend, native))

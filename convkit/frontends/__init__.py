@@ -23,6 +23,7 @@ from convkit.frontends.base import (
     Isolated,
     LayerPairing,
     LoadOptions,
+    Releasable,
     Trainable,
 )
 
@@ -41,6 +42,7 @@ __all__ = [
     "Isolated",
     "LayerPairing",
     "LoadOptions",
+    "Releasable",
     "Trainable",
     "canonical_name",
     "framework_of",

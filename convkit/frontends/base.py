@@ -3,8 +3,8 @@
 A front end loads a model, exports it to ONNX and runs it natively for reference outputs. Everything after
 that (the runtime, the comparison, reports, artifacts, the CLI) is shared. What only some front ends can do
 is a capability Protocol of its own (``HasReferenceCNN``, ``Trainable``, ``LayerPairing``,
-``Benchmarkable``, ``Isolated``): the core asks ``isinstance(frontend, Trainable)``, and mypy sees the
-methods it then calls.
+``Benchmarkable``, ``Releasable``, ``Isolated``): the core asks ``isinstance(frontend, Trainable)``, and mypy
+sees the methods it then calls.
 
 NOTE: why no numpy import at run time: ``convkit --help`` imports the registry, which imports this module.
 """
@@ -137,6 +137,16 @@ class Benchmarkable(Protocol):
 
     def benchmark_runners(self, model: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, Callable[[], Any]]:
         """Zero-argument calls running the model natively, by contender name (``torch eager`` ...)."""
+        ...
+
+
+@runtime_checkable
+class Releasable(Protocol):
+    """Can free the weights of a model convkit loaded itself once the framework's part is done."""
+
+    def release(self, model: Any) -> None:
+        """Free ``model``'s weights (it is unusable afterwards): export and verify call it before onnxruntime
+        loads the ONNX model, so the two never hold their weights together."""
         ...
 
 

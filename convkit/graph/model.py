@@ -29,6 +29,11 @@ class OnnxModel:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def light(self) -> bool:
+        """Whether ``proto`` leaves weights in the file at ``path`` (``load_onnx(weights=False)``)."""
+        return self.path.name in self.external_files
+
+    @property
     def opset(self) -> int:
         return default_domain_opset(self.proto)
 
@@ -63,8 +68,12 @@ def resolve_model_path(path: str | os.PathLike[str]) -> Path:
     return model_path
 
 
-def load_onnx(path: str | os.PathLike[str], check: bool = True) -> OnnxModel:
+def load_onnx(path: str | os.PathLike[str], check: bool = True, weights: bool = True) -> OnnxModel:
     """Parse an ONNX file without executing anything in it.
+
+    ``weights=False`` leaves the bytes of the large initializers in the file (``convkit.graph.light``): they
+    appear as external data in the model's own file, which ``external_files`` then lists. For callers that
+    read no weight from the proto (onnxruntime reads the file itself): the proto holds no copy of them.
 
     Raises:
         InputFileError: the path is missing or unreadable.
@@ -72,22 +81,14 @@ def load_onnx(path: str | os.PathLike[str], check: bool = True) -> OnnxModel:
         UnsafeModelError: an external-data location escapes the model's folder.
     """
     import onnx
-    from google.protobuf.message import DecodeError
+
+    from convkit.graph.light import checkable
 
     model_path = resolve_model_path(path)
-    try:
-        data = model_path.read_bytes()
-    except OSError as exc:
-        raise InputFileError(f"cannot read {model_path}: {exc.strerror}") from exc
-    proto = onnx.ModelProto()
-    try:
-        proto.ParseFromString(data)
-    except (DecodeError, RuntimeError, ValueError) as exc:
-        raise ModelLoadError(
-            f"{model_path} is not a valid ONNX model: the protobuf does not parse ({exc}); "
-            "the file is truncated or corrupt",
-            "re-export or re-download it",
-        ) from exc
+    proto = None if weights else _load_light(model_path)
+    light = proto is not None
+    if proto is None:
+        proto = _parse(model_path)
     if proto.ir_version <= 0 or not proto.HasField("graph"):
         raise ModelLoadError(
             f"{model_path} is not an ONNX model (no IR version or graph in it)",
@@ -104,7 +105,10 @@ def load_onnx(path: str | os.PathLike[str], check: bool = True) -> OnnxModel:
         try:
             # NOTE: why the path when data is external: the checker resolves external locations against
             # the model's folder only when given the path (which also works past 2 GB).
-            onnx.checker.check_model(str(model_path) if external else proto)
+            if light:
+                onnx.checker.check_model(checkable(proto, model_path.name))
+            else:
+                onnx.checker.check_model(str(model_path) if external else proto)
         except (onnx.checker.ValidationError, UnicodeDecodeError) as exc:
             # NOTE: why UnicodeDecodeError: the checker's message crosses into Python as UTF-8; should it
             # quote bytes that are not (first_invalid_text refuses the fields it knows beforehand), that
@@ -112,6 +116,35 @@ def load_onnx(path: str | os.PathLike[str], check: bool = True) -> OnnxModel:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(f"{model_path} fails the ONNX checker: {first}") from exc
     return OnnxModel(path=model_path, proto=proto, external_files=external)
+
+
+def _parse(model_path: Path) -> onnx.ModelProto:
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        data = model_path.read_bytes()
+    except OSError as exc:
+        raise InputFileError(f"cannot read {model_path}: {exc.strerror}") from exc
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{model_path} is not a valid ONNX model: the protobuf does not parse ({exc}); "
+            "the file is truncated or corrupt",
+            "re-export or re-download it",
+        ) from exc
+    return proto
+
+
+def _load_light(model_path: Path) -> onnx.ModelProto | None:
+    from convkit.graph.light import load_light
+
+    try:
+        return load_light(model_path)
+    except OSError:
+        return None  # the full read says what is wrong
 
 
 def first_invalid_text(message: Any, where: str = "model") -> str | None:

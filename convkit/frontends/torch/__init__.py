@@ -104,6 +104,21 @@ class TorchFrontend:
             raise DataError(exc.message + where, exc.hint, stage=exc.stage) from exc.__cause__
         return [to_numpy(value) for _, value in flatten_outputs(outputs)]
 
+    def release(self, model: Any) -> None:
+        """Free an ``nn.Module``'s parameters and buffers (``to_empty`` on the meta device, in place).
+
+        NOTE: why in place rather than dropping references: the loader's frames and the exporter's objects
+        (held in reference cycles until collected) still reach the module's tensors; emptying the module
+        frees their memory now, whoever still refers to it.
+        """
+        import gc
+
+        import torch
+
+        if isinstance(model, torch.nn.Module) and not isinstance(model, torch.jit.ScriptModule):
+            model.to_empty(device="meta")
+        gc.collect()  # the exporter's objects hold the old tensors in reference cycles
+
     def benchmark_runners(self, model: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """Zero-argument callables for ``convkit bench``: eager PyTorch and, where it works, torch.compile."""
         return bench.benchmark_runners(model, inputs)
