@@ -109,7 +109,7 @@ def bench(
         from convkit.core.inputs import check_names
         from convkit.graph.model import load_onnx
 
-        names = load_onnx(model).input_names
+        names = load_onnx(model, weights=False).input_names
         feeds = load_arrays(data, names)
         check_names(list(feeds), names, f"the data in {data}")
     step("measuring the CPU's peak")

@@ -201,7 +201,7 @@ def _export(
     """``export_native``; an ``owned`` model (``export_model`` loaded it) has its weights freed once exported.
 
     NOTE: why free them: onnxruntime then loads the export into the memory the framework's weights held
-    (BERT-base: 3.2x its weights at the peak with both, 2.2x without; scripts/measure_memory.py).
+    (BERT-base: 3.2x its weights at the peak with both, 2.3x without; scripts/measure_memory.py).
     """
     output = Path(output)
     _check_opset((export_options or ExportOptions()).opset)

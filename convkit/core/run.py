@@ -37,7 +37,7 @@ def run_model(
     path: str | os.PathLike[str], data: str | os.PathLike[str], options: SessionOptions | None = None
 ) -> RunResult:
     """Run an ONNX model on ``data`` (``.npz``, ``.npy`` or a ``test_data_set_N`` folder)."""
-    model = load_onnx(path)
+    model = load_onnx(path, weights=False)
     feeds = load_arrays(data, model.input_names)
     session = open_session(model, options, feeds)
     outputs = session.run(feeds)

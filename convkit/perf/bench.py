@@ -221,7 +221,7 @@ def bench_model(
     from convkit.graph.model import load_onnx
     from convkit.perf.peak import cpu_model
 
-    model = load_onnx(path)
+    model = load_onnx(path, weights=False)
     if data is not None:
         first = np.asarray(next(iter(data.values())))
         batch_sizes = [int(first.shape[0]) if first.ndim else 1]
@@ -308,7 +308,7 @@ def check_batch_sizes(
     """
     from convkit.graph.model import load_onnx
 
-    _checked_specs(load_onnx(path), batch_sizes, threads, provider)
+    _checked_specs(load_onnx(path, weights=False), batch_sizes, threads, provider)
 
 
 def _checked_specs(
