@@ -7,6 +7,7 @@ either way, and whether the result is smaller and faster than fp32.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import tempfile
@@ -25,7 +26,17 @@ from convkit.frontends._quiet import Quiet
 from convkit.graph.model import OnnxModel, load_onnx
 from convkit.graph.rewrites import flatten_channels_last, pool_before_activation
 from convkit.progress import step
-from convkit.quantize.gate import DEFAULT_MAX_REL_ERROR, DEFAULT_MIN_TOP1, Check, ErrorStats, Gate, evaluate
+from convkit.quantize.dynamic import prepare_dynamic, quantize_dynamic_int8
+from convkit.quantize.gate import (
+    DEFAULT_MAX_REL_ERROR,
+    DEFAULT_MIN_TOP1,
+    Cached,
+    Check,
+    ErrorStats,
+    Gate,
+    evaluate,
+)
+from convkit.quantize.sensitive import keep_float32
 
 __all__ = [
     "DEFAULT_MAX_REL_ERROR",
@@ -254,10 +265,18 @@ def _static(
     ]
 
 
-def _dynamic(model: OnnxModel, out: Path, per_channel: bool) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+@dataclass
+class _Candidate:
+    """One quantized model, checked: its report, session, file and the values ``observe`` is to see."""
 
-    quantize_dynamic(str(model.path), str(out), per_channel=per_channel, weight_type=QuantType.QInt8)
+    report: QuantizeReport
+    session: RuntimeSession
+    path: Path
+    seen: dict[str, list[tuple[np.ndarray, np.ndarray]]]
+
+    @property
+    def passed(self) -> bool:
+        return self.report.passed
 
 
 def _fp16(model: OnnxModel, out: Path) -> None:
@@ -316,6 +335,7 @@ def quantize_model(
     max_rel_error: float | None = None,
     min_cosine: float | None = None,
     observe: Callable[[str, np.ndarray, np.ndarray], None] | None = None,
+    search_float32: bool = True,
 ) -> QuantizeReport:
     """Quantize ``path`` and write ``output`` only when it holds parity with fp32 (or ``force``).
 
@@ -334,6 +354,9 @@ def quantize_model(
         min_cosine: the smallest cosine similarity allowed between the outputs.
         observe: called once per output with the fp32 and quantized values over the whole evaluation set,
             for the candidate the report describes (the HTML report's error plots).
+        search_float32: when dynamic int8 fails the bar with every ``per_channel`` choice, keep its most
+            sensitive weighted nodes (MatMul, Gemm, Conv) in float32, the fewest that pass the bar on the
+            evaluation data (``convkit.quantize.sensitive``); the report's notes name them.
 
     Returns:
         The report; ``report.written`` says whether ``output`` was written (never when it failed a bar,
@@ -356,47 +379,63 @@ def quantize_model(
     calib_batches = _split(_checked_data(fp32, calibration, "--calibration"), batch) if calibration else []
     choices = {"on": [True], "off": [False], "auto": [False, True]}[per_channel]
     gate = Gate(min_top1, max_abs_diff, max_rel_error, min_cosine)
-    report: QuantizeReport | None = None
-    seen: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    record = None if observe is None else lambda name, a, b: seen.setdefault(name, []).append((a, b))
+    samples = sum(len(next(iter(b.values()))) for b in eval_batches)
+    reference = Cached(fp32)
     with tempfile.TemporaryDirectory() as scratch, Quiet():
-        for channelwise in choices if mode != "fp16" else [None]:
-            candidate_path = Path(scratch) / f"candidate_{channelwise}.onnx"
-            notes: list[str] = []
-            scheme = "" if channelwise is None else (", per-channel" if channelwise else ", per-tensor")
-            step(f"quantizing ({mode}{scheme})")
+        prepared = prepare_dynamic(model.path, Path(scratch)) if mode == "dynamic" else None
+
+        def attempt(channelwise: bool | None, keep: list[str] | None = None) -> _Candidate:
+            path = Path(tempfile.mkdtemp(dir=scratch)) / "candidate.onnx"
+            notes = list(prepared.notes) if prepared else []
             if mode == "static":
-                notes = _static(model, calib_batches, candidate_path, bool(channelwise))
-            elif mode == "dynamic":
-                _dynamic(model, candidate_path, bool(channelwise))
+                notes = _static(model, calib_batches, path, bool(channelwise))
+            elif prepared is not None:
+                quantize_dynamic_int8(prepared.source(keep), path, bool(channelwise), keep)
             else:
-                _fp16(model, candidate_path)
-            candidate = RuntimeSession(load_onnx(candidate_path), SessionOptions(provider="cpu"))
+                _fp16(model, path)
+            session = RuntimeSession(load_onnx(path), SessionOptions(provider="cpu"))
             step(f"checking the {mode} model against fp32 on {len(eval_batches)} batch(es)")
-            samples = sum(len(next(iter(b.values()))) for b in eval_batches)
-            seen.clear()  # the values of the candidate the report ends up describing
+            seen: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+            record = None if observe is None else lambda name, a, b: seen.setdefault(name, []).append((a, b))
             report = QuantizeReport.from_stats(
                 mode,
-                evaluate(fp32, candidate, eval_batches, samples, record),
+                evaluate(reference, session, eval_batches, samples, record),
                 gate,
                 per_channel=channelwise,
                 written=False,
                 output=str(output),
                 fp32_bytes=model.path.stat().st_size,
-                quantized_bytes=candidate_path.stat().st_size,
+                quantized_bytes=path.stat().st_size,
                 notes=notes,
             )
-            if report.passed:
+            return _Candidate(report, session, path, seen)
+
+        for channelwise in choices if mode != "fp16" else [None]:
+            scheme = "" if channelwise is None else (", per-channel" if channelwise else ", per-tensor")
+            step(f"quantizing ({mode}{scheme})")
+            found = attempt(channelwise)
+            if found.report.passed:
                 break
-        assert report is not None
+        if prepared is not None and search_float32 and not found.report.passed:
+            searched = keep_float32(
+                prepared.proto,
+                eval_batches[0],
+                bool(found.report.per_channel),
+                Path(scratch),
+                lambda emulator: gate.passes(evaluate(reference, emulator, eval_batches, samples)),
+                functools.partial(attempt, found.report.per_channel),
+            )
+            found = searched.result or found
+            found.report.notes.append(searched.note)
+        report = found.report
         if observe is not None:
-            for name, pairs in seen.items():
+            for name, pairs in found.seen.items():
                 fp32_values = np.concatenate([np.atleast_1d(a) for a, _ in pairs])
                 observe(name, fp32_values, np.concatenate([np.atleast_1d(b) for _, b in pairs]))
         if time_seconds > 0:
             step(f"timing fp32 against {mode}")
             report.fp32_ms, report.quantized_ms = _time_side_by_side(
-                fp32, candidate, eval_batches[0], time_seconds
+                fp32, found.session, eval_batches[0], time_seconds
             )
         if report.faster is False or report.larger:
             report.notes.append(_no_gain_note(report, len(next(iter(eval_batches[0].values())))))
@@ -404,7 +443,7 @@ def quantize_model(
             report.notes.append("checked on the calibration data itself; pass --eval-data for a held-out set")
         if report.passed or force:
             with atomic_path(output, suffix=".onnx") as tmp:
-                tmp.write_bytes(candidate_path.read_bytes())
+                tmp.write_bytes(found.path.read_bytes())
             report.written = True
             if not report.passed:
                 report.notes.append("written despite failing the parity bar (--force)")
