@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import IO, Any
 
 # protobuf field numbers (onnx.proto): ModelProto.graph, GraphProto.initializer, TensorProto.raw_data
-_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
-_LENGTH_DELIMITED = 2
+MODEL_GRAPH, GRAPH_INITIALIZER, TENSOR_RAW_DATA = 7, 5, 9
+LENGTH_DELIMITED = 2
 _COPY_CHUNK = 16 * 2**20
 
 
@@ -32,7 +32,7 @@ def _varint(value: int) -> bytes:
 
 def _field_header(number: int, length: int) -> bytes:
     """The tag and length that open a length-delimited field of ``length`` bytes."""
-    return _varint(number << 3 | _LENGTH_DELIMITED) + _varint(length)
+    return _varint(number << 3 | LENGTH_DELIMITED) + _varint(length)
 
 
 def external_bytes(model: Any) -> int:
@@ -101,7 +101,7 @@ def _write_inline(model: Any, path: Path, folder: Path) -> None:
         head.ClearField("external_data")
         head.ClearField("data_location")
         length = int(_entries(tensor)["length"])
-        heads.append((head.SerializeToString() + _field_header(_TENSOR_RAW_DATA, length), tensor, length))
+        heads.append((head.SerializeToString() + _field_header(TENSOR_RAW_DATA, length), tensor, length))
     graph = onnx.GraphProto()
     graph.CopyFrom(model.graph)
     del graph.initializer[:]
@@ -110,7 +110,7 @@ def _write_inline(model: Any, path: Path, folder: Path) -> None:
     )
     rest = graph.SerializeToString()
     graph_length = len(rest) + sum(
-        len(_field_header(_GRAPH_INITIALIZER, len(head) + length)) + len(head) + length
+        len(_field_header(GRAPH_INITIALIZER, len(head) + length)) + len(head) + length
         for head, _, length in heads
     )
     shell = onnx.ModelProto()
@@ -120,10 +120,10 @@ def _write_inline(model: Any, path: Path, folder: Path) -> None:
     try:
         with open(target, "wb") as out:
             out.write(shell.SerializeToString())
-            out.write(_field_header(_MODEL_GRAPH, graph_length))
+            out.write(_field_header(MODEL_GRAPH, graph_length))
             out.write(rest)
             for head, tensor, length in heads:
-                out.write(_field_header(_GRAPH_INITIALIZER, len(head) + length))
+                out.write(_field_header(GRAPH_INITIALIZER, len(head) + length))
                 out.write(head)
                 entries = _entries(tensor)
                 with open(folder / entries["location"], "rb") as data:

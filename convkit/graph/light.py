@@ -18,9 +18,9 @@ import mmap
 from pathlib import Path
 from typing import Any
 
-# protobuf field numbers (onnx.proto), as in ``convkit.graph.external``
-_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
-_VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
+from convkit.graph.external import GRAPH_INITIALIZER, LENGTH_DELIMITED, MODEL_GRAPH, TENSOR_RAW_DATA
+
+_VARINT, _FIXED64, _FIXED32 = 0, 1, 5  # the other protobuf wire types
 # NOTE: why 1 MiB: smaller tensors cost little to read, and keeping them inline keeps small models whole
 LIGHT_MIN_BYTES = 2**20
 
@@ -54,7 +54,7 @@ def _fields(data: Any, start: int, end: int) -> Any:
             field_end = value_start + 8
         elif wire == _FIXED32:
             field_end = value_start + 4
-        elif wire == _LENGTH_DELIMITED:
+        elif wire == LENGTH_DELIMITED:
             length, value_start = _varint(data, value_start)
             field_end = value_start + length
         else:
@@ -86,7 +86,7 @@ def _light_model(data: Any, name: str) -> Any | None:
 
     shell, graph_range = bytearray(), None
     for number, wire, start, value_start, end in _fields(data, 0, len(data)):
-        if number == _MODEL_GRAPH and wire == _LENGTH_DELIMITED:
+        if number == MODEL_GRAPH and wire == LENGTH_DELIMITED:
             if graph_range is not None:
                 raise _Malformed  # two graph fields, which protobuf merges: parse it whole
             graph_range = (value_start, end)
@@ -96,7 +96,7 @@ def _light_model(data: Any, name: str) -> Any | None:
         return None
     rest, tensors, skipped = bytearray(), [], 0
     for number, wire, start, value_start, end in _fields(data, *graph_range):
-        if number != _GRAPH_INITIALIZER or wire != _LENGTH_DELIMITED:
+        if number != GRAPH_INITIALIZER or wire != LENGTH_DELIMITED:
             rest += data[start:end]
             continue
         tensor, offset, length = _light_tensor(data, value_start, end)
@@ -127,7 +127,7 @@ def _light_tensor(data: Any, start: int, end: int) -> tuple[Any, int | None, int
     kept, offset, length = bytearray(), None, 0
     for number, wire, field_start, value_start, field_end in _fields(data, start, end):
         large = field_end - value_start >= LIGHT_MIN_BYTES
-        if number == _TENSOR_RAW_DATA and wire == _LENGTH_DELIMITED and large and offset is None:
+        if number == TENSOR_RAW_DATA and wire == LENGTH_DELIMITED and large and offset is None:
             offset, length = value_start, field_end - value_start
         else:
             kept += data[field_start:field_end]
