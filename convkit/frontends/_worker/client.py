@@ -197,9 +197,13 @@ def call_worker(
                 os.killpg(process.pid, signal.SIGKILL)
 
         timer = threading.Timer(timeout, kill)
-        timer.start()
+        # NOTE: why a daemon started inside the try: a SIGTERM that lands right after the worker starts (the
+        # interrupt test sends it then) left a timer nobody cancelled, and Python's exit waited the whole
+        # timeout for it
+        timer.daemon = True
         answer: dict[str, Any] | None = None
         try:
+            timer.start()
             assert process.stdout is not None
             for line in process.stdout:
                 try:
