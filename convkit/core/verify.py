@@ -259,7 +259,7 @@ def verify_model(
     step(f"loading {source}")
     frontend, preloaded = resolve_source(source, framework)
     native = frontend.load(source, load_options or LoadOptions(), preloaded)
-    return _verify(model, frontend, native, True, data_sets, tolerance, options, localize)
+    return _verify(model, frontend, native, data_sets, tolerance, options, localize, owned=True)
 
 
 def example_sizes(model: OnnxModel, specs: Sequence[InputSpec]) -> dict[str, int]:
@@ -298,18 +298,19 @@ def verify_native(
     localize: str | None = None,
 ) -> ParityReport:
     """Compare onnxruntime with an already loaded framework model on labelled data sets."""
-    return _verify(model, frontend, native, False, data_sets, tolerance, options, localize)
+    return _verify(model, frontend, native, data_sets, tolerance, options, localize, owned=False)
 
 
 def _verify(
     model: OnnxModel,
     frontend: Frontend,
     native: Any,
-    owned: bool,
     data_sets: Sequence[tuple[str, Mapping[str, np.ndarray]]],
     tolerance: Tolerance | None,
     options: Runtimes,
     localize: str | None,
+    *,
+    owned: bool,
 ) -> ParityReport:
     """``verify_native``; an ``owned`` model (``verify_model`` loaded it) has its weights freed once its
     outputs are computed, unless ``localize`` needs it (see ``core.export._export``)."""

@@ -85,15 +85,15 @@ def inline_external_data(path: Path) -> None:
         full = onnx.load(str(path))
         onnx.save(full, str(path))
     else:
-        _write_inline(model, path, folder)
+        _write_inline(model, external, path)
     for name in files:
         (folder / name).unlink(missing_ok=True)
 
 
-def _write_inline(model: Any, path: Path, folder: Path) -> None:
+def _write_inline(model: Any, external: list[Any], path: Path) -> None:
+    """Write ``model`` to ``path`` with the bytes of its ``external`` initializers read into it."""
     import onnx
 
-    external = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     heads = []
     for tensor in external:
         head = onnx.TensorProto()
@@ -126,7 +126,7 @@ def _write_inline(model: Any, path: Path, folder: Path) -> None:
                 out.write(_field_header(GRAPH_INITIALIZER, len(head) + length))
                 out.write(head)
                 entries = _entries(tensor)
-                with open(folder / entries["location"], "rb") as data:
+                with open(path.parent / entries["location"], "rb") as data:
                     data.seek(int(entries.get("offset", 0)))
                     _copy(data, out, length, tensor.name)
         os.replace(target, path)
